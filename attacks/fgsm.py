@@ -1,0 +1,31 @@
+"""FGSM: the fast gradient sign method (Goodfellow et al., ICLR 2015, arXiv:1412.6572).
+
+Threat model: white-box, one gradient step; Linf (sign step of size eps) and L2 (a step of
+length eps along the normalised gradient, the "fast gradient method"). No random start.
+Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`attacks.pgd.pgd`
+(no random start, relative step 1.0), so it shares PGD's per-sample epsilon.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attacks.pgd import pgd
+from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.defense import DefendedModel
+from robustbench_er.registry import register_attack
+
+
+@register_attack("fgsm")
+class FGSM(Attack):
+    """FGSM / FGM (ours): one step of size eps, per-sample epsilon."""
+
+    norms = ("Linf", "L2")
+    kind = "fixed"
+    access = "gradient"
+    Params = AttackParams
+
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        return pgd(model, x, y, eps, norm=self.norm, steps=1, rel_stepsize=1.0, random_start=False,
+                   early_stop=False, eot=self.params.eot)

@@ -1,0 +1,173 @@
+"""The attack contracts and the runner's verification step.
+
+An attack plugin is a class registered with ``@register_attack("name")``. It declares
+
+* ``norms``: the threat models it supports (``Linf``, ``L2``, ``L1``);
+* ``kind``: ``"fixed"`` (``run(model, x, y, eps) -> x_adv`` for a per-sample epsilon tensor) or
+  ``"min"`` (``run(model, x, y) -> x_adv``, the smallest adversarial example it finds; one run
+  gives the whole accuracy-vs-epsilon curve);
+* ``access``: ``"gradient"``, ``"score"`` or ``"decision"`` (label only);
+* ``Params``: a dataclass of its parameters (validated in ``__post_init__`` or ``validate``).
+
+Attacks never decide what counts: :func:`verify` re-checks every returned example (inside the
+ball up to a float tolerance, inside [0, 1], misclassified by a fresh forward pass, a majority
+over n passes for randomized models). An attack's own success flag is never trusted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from robustbench_er.defense import DefendedModel
+from robustbench_er.errors import UserInputError
+
+NORMS = ("Linf", "L2", "L1")
+KINDS = ("fixed", "min")
+ACCESS = ("gradient", "score", "decision")
+#: absolute slack allowed on the norm of a verified example (float32 rounding)
+NORM_ATOL = 1e-5
+NORM_RTOL = 1e-4
+
+
+_NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "2": "L2", "l_2": "L2",
+                 "l1": "L1", "1": "L1", "l_1": "L1"}
+
+
+def canonical_norm(norm: str) -> str:
+    """``"linf"``, ``"inf"`` or ``"Linf"`` -> ``"Linf"``; likewise L2 and L1."""
+    key = str(norm).strip().lower()
+    if key not in _NORM_ALIASES:
+        raise UserInputError(f"Unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
+    return _NORM_ALIASES[key]
+
+
+@dataclass
+class AttackParams:
+    """Parameters every attack accepts."""
+
+    #: gradient/EOT samples for randomized defenses (1 = plain gradients)
+    eot: int = 1
+
+
+class Attack:
+    """Base class of attack plugins; subclasses implement ``run``."""
+
+    name: ClassVar[str] = ""
+    norms: ClassVar[tuple[str, ...]] = ("Linf",)
+    kind: ClassVar[str] = "fixed"
+    access: ClassVar[str] = "gradient"
+    Params: ClassVar[type[AttackParams]] = AttackParams
+    #: a fixed-epsilon attack that accepts ``x_init`` (warm start from the last epsilon)
+    warm_start: ClassVar[bool] = False
+
+    def __init__(self, norm: str = "Linf", **params: Any) -> None:
+        self.norm = canonical_norm(norm)
+        if self.norm not in self.norms:
+            raise UserInputError(
+                f"Attack {self.name!r} does not support the {self.norm} norm; it supports {', '.join(self.norms)}."
+            )
+        fields = {f.name for f in dataclasses.fields(self.Params)}
+        unknown = set(params) - fields
+        if unknown:
+            raise UserInputError(
+                f"Attack {self.name!r} has no parameter {sorted(unknown)[0]!r}; it has {', '.join(sorted(fields))}."
+            )
+        try:
+            self.params = self.Params(**params)
+        except TypeError as exc:
+            raise UserInputError(f"Bad parameters for attack {self.name!r}: {exc}.") from exc
+        if self.params.eot < 1:
+            raise UserInputError(f"EOT samples must be at least 1; got {self.params.eot}.")
+        self.validate()
+        self.queries = 0
+
+    def validate(self) -> None:
+        """Check ``self.params``; raise UserInputError with one sentence."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"attack": self.name, "norm": self.norm, "params": dataclasses.asdict(self.params)}
+
+    def check_model(self, model: DefendedModel) -> None:
+        """Refuse a model this attack cannot run on (called once per cell)."""
+        if self.access == "gradient" and not getattr(model, "differentiable", True):
+            raise UserInputError(
+                f"Attack {self.name!r} needs gradients, but this defense is declared non-differentiable;"
+                " use a score- or decision-based attack."
+            )
+        if self.access == "decision" and getattr(model, "randomized", False) and self.params.eot < 2:
+            raise UserInputError(
+                f"Attack {self.name!r} is decision-based and the defense is randomized; set eot >= 2"
+                " so each query is a majority vote."
+            )
+
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def validate_attack_class(name: str, obj: Any) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Attack)):
+        raise TypeError(f"Attack {name!r} must be a subclass of robustbench_er.attack.Attack.")
+    if obj.run is Attack.run:
+        raise TypeError(f"Attack {name!r} must implement run().")
+    if obj.kind not in KINDS:
+        raise TypeError(f"Attack {name!r}: kind must be one of {KINDS}.")
+    if obj.access not in ACCESS:
+        raise TypeError(f"Attack {name!r}: access must be one of {ACCESS}.")
+    if not obj.norms or any(n not in NORMS for n in obj.norms):
+        raise TypeError(f"Attack {name!r}: norms must be a non-empty subset of {NORMS}.")
+    if not (dataclasses.is_dataclass(obj.Params) and issubclass(obj.Params, AttackParams)):
+        raise TypeError(f"Attack {name!r}: Params must be a dataclass subclassing attack.AttackParams.")
+
+
+def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    flat = delta.reshape(len(delta), -1)
+    if norm == "Linf":
+        return flat.abs().amax(1) if flat.shape[1] else torch.zeros(len(delta))
+    if norm == "L2":
+        return flat.norm(p=2, dim=1)
+    if norm == "L1":
+        return flat.abs().sum(1)
+    raise UserInputError(f"Unknown norm {norm!r}.")
+
+
+@torch.no_grad()
+def verify(model: DefendedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, norm: str,
+           eps: torch.Tensor | None = None, n_passes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-check adversarial examples; return (counted mask, measured norms).
+
+    An example counts when it is finite, inside [0, 1], inside the ball (if ``eps`` is given:
+    norm <= eps * (1 + rtol) + atol) and misclassified by a fresh forward pass (a majority
+    vote over ``n_passes`` passes for a randomized model).
+    """
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    x_adv = x_adv.to(x.dtype)
+    finite = torch.isfinite(x_adv.reshape(len(x), -1)).all(1)
+    x_adv = torch.where(torch.isfinite(x_adv), x_adv, x)
+    in_range = ((x_adv >= 0) & (x_adv <= 1)).reshape(len(x), -1).all(1)
+    norms = perturbation_norm(x_adv - x, norm)
+    ok = finite & in_range
+    if eps is not None:
+        ok &= norms <= eps * (1 + NORM_RTOL) + NORM_ATOL
+    pred = model.predict_label(x_adv, n_passes=n_passes)
+    ok &= pred != y
+    return ok, norms
+
+
+def clip_to_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project ``x_adv`` into the ``norm`` ball of radius ``eps`` (per sample) around ``x`` and [0, 1].
+
+    Exact for Linf and L2; for L1 it rescales (a feasible point, not the Euclidean projection).
+    """
+    delta = x_adv - x
+    e = eps.view(-1, *([1] * (x.ndim - 1))).to(x)
+    if norm == "Linf":
+        delta = torch.maximum(torch.minimum(delta, e), -e)
+    else:
+        n = perturbation_norm(delta, norm).view_as(e).clamp_min(1e-12)
+        delta = delta * torch.clamp(e / n, max=1.0)
+    return (x + delta).clamp(0, 1)

@@ -1,0 +1,449 @@
+"""The defense contract, the defended-model wrapper and checkpoints.
+
+A defense plugin is a class registered with ``@register_defense("name")``::
+
+    @register_defense("mine")
+    class Mine(Defense):
+        HParams = MineHParams              # a dataclass subclassing defense.HParams
+        presets = {"mnist5k": {"quick": {...}, "paper": {...}}}
+        def build(self, spec, hp): ...     # -> nn.Module taking [0, 1] images
+        def train(self, model, data, hp, seed, progress): ...   # -> dict report
+
+The harness wraps what ``build`` returns in a :class:`DefendedModel` (normalisation inside,
+``predict(x) -> logits`` for x in [0, 1], optional ``embed``), trains it, and saves it as a
+checkpoint: weights in safetensors plus JSON metadata. A checkpoint's identity is the hash of
+its spec (defense, dataset, profile, hyper-parameters, seed), so a sweep that asks for the same
+spec reuses it instead of retraining. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustbench_er.data import Dataset, DatasetSpec
+from robustbench_er.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("quick", "paper")
+
+
+@dataclass
+class HParams:
+    """Hyper-parameters every defense has; plugins subclass and add their own."""
+
+    backbone: str = "small_cnn"
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.01
+    optimizer: str = "sgd"  # sgd | adam
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    #: cap on training images (0 = all); the quick profile uses it to stay CPU-sized
+    train_samples: int = 0
+
+
+class DefendedModel(nn.Module):
+    """Gives any network the harness's predict interface.
+
+    ``predict(x)`` takes images in [0, 1] and returns logits N x classes; normalisation by
+    ``mean``/``std`` happens inside. The adapter accepts networks that return a tuple (first
+    element used), a dict (key ``logits``) or probabilities (declare ``output="probs"``: they
+    are turned into log-probabilities, which have the same argmax and usable gradients).
+    ``randomized`` declares a stochastic forward (attacks then use EOT and predictions a
+    majority vote over ``n_passes``); ``differentiable=False`` tells gradient attacks to stay away.
+    """
+
+    def __init__(self, net: nn.Module, classes: int, *, mean: tuple[float, ...] = (),
+                 std: tuple[float, ...] = (), randomized: bool = False, differentiable: bool = True,
+                 output: str = "logits", n_passes: int = 1) -> None:
+        super().__init__()
+        if output not in ("logits", "probs"):
+            raise UserInputError(f"output must be 'logits' or 'probs', not {output!r}.")
+        self.net = net
+        self.classes = classes
+        self.randomized = randomized
+        self.differentiable = differentiable
+        self.output = output
+        self.n_passes = max(1, int(n_passes)) if randomized else 1
+        if mean:
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        else:
+            self.mean = None  # type: ignore[assignment]
+            self.std = None  # type: ignore[assignment]
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
+            return x
+        return (x - self.mean) / self.std
+
+    @staticmethod
+    def _unpack(out: Any) -> torch.Tensor:
+        if isinstance(out, torch.Tensor):
+            return out
+        if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+            return out[0]
+        if isinstance(out, dict) and isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        raise UserInputError("The model must return a tensor, a tuple whose first item is the logits, or a dict with 'logits'.")
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._unpack(self.net(self.normalize(x)))
+        if self.output == "probs":
+            out = torch.log(out.clamp_min(1e-12))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x)
+
+    @property
+    def has_embed(self) -> bool:
+        return hasattr(self.net, "embed") or hasattr(self.net, "features")
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's embedding (``net.embed`` or ``net.features``) for detectors and analyses."""
+        z = self.normalize(x)
+        if hasattr(self.net, "embed"):
+            return self.net.embed(z)
+        if hasattr(self.net, "features"):
+            return self.net.features(z)
+        raise UserInputError("This defense exposes no embedding (no embed() or features() on its network).")
+
+    @torch.no_grad()
+    def predict_label(self, x: torch.Tensor, n_passes: int | None = None, batch_size: int = 500) -> torch.Tensor:
+        """Predicted labels; a majority vote over ``n_passes`` forward passes if randomized."""
+        n = (n_passes or self.n_passes) if self.randomized else 1
+        labels = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            if n == 1:
+                labels.append(self.predict(xb).argmax(1))
+            else:
+                votes = torch.zeros(len(xb), self.classes, device=xb.device)
+                for _ in range(n):
+                    votes += F.one_hot(self.predict(xb).argmax(1), self.classes).float()
+                labels.append(votes.argmax(1))
+        return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
+def check_model_output(model: DefendedModel, x: torch.Tensor) -> None:
+    """Raise a clear error if the model's output is not N x classes finite logits."""
+    with torch.no_grad():
+        out = model.predict(x[:4])
+    if out.ndim != 2 or out.shape != (len(x[:4]), model.classes):
+        raise UserInputError(
+            f"The model returned shape {tuple(out.shape)} for {len(x[:4])} images; expected N x {model.classes} logits."
+        )
+    if not torch.isfinite(out).all():
+        raise UserInputError("The model returned NaN or infinite logits.")
+
+
+class Defense:
+    """Base class of defense plugins. Subclasses set ``HParams``, ``presets`` and implement
+    ``build`` and ``train``; set ``randomized = True`` for a stochastic forward."""
+
+    name: ClassVar[str] = ""
+    HParams: ClassVar[type[HParams]] = HParams
+    #: {dataset: {profile: {field: value}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    randomized: ClassVar[bool] = False
+    differentiable: ClassVar[bool] = True
+    #: a defense that only loads given weights (no training) sets this to False
+    trainable: ClassVar[bool] = True
+
+    def build(self, spec: DatasetSpec, hp: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def train(self, model: DefendedModel, data: Dataset, hp: Any, seed: int,
+              progress: bool = True) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def wrap(self, net: nn.Module, spec: DatasetSpec, hp: Any) -> DefendedModel:
+        """Wrap the built network; override to change normalisation or passes."""
+        return DefendedModel(net, spec.classes, mean=spec.mean, std=spec.std,
+                             randomized=self.randomized, differentiable=self.differentiable,
+                             n_passes=int(getattr(hp, "n_passes", 1)))
+
+    # ---- hyper-parameters -------------------------------------------------------------------
+    @classmethod
+    def hparams(cls, dataset: str, profile: str = "quick", overrides: dict[str, Any] | None = None) -> Any:
+        """The preset for ``dataset`` and ``profile``, with ``overrides`` applied and checked."""
+        if profile not in PROFILES:
+            raise UserInputError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+        if dataset not in cls.presets:
+            raise UserInputError(
+                f"Defense {cls.name!r} has no preset for dataset {dataset!r}; presets exist for "
+                f"{', '.join(sorted(cls.presets)) or 'no dataset'}."
+            )
+        per = cls.presets[dataset]
+        if profile not in per:
+            raise UserInputError(
+                f"Defense {cls.name!r} has no {profile!r} preset for {dataset!r}; it has {', '.join(sorted(per))}."
+            )
+        values = dict(per[profile])
+        fields = {f.name: f for f in dataclasses.fields(cls.HParams)}
+        for k, v in (overrides or {}).items():
+            if k not in fields:
+                raise UserInputError(
+                    f"Defense {cls.name!r} has no hyper-parameter {k!r}; it has {', '.join(sorted(fields))}."
+                )
+            values[k] = v
+        hp = cls.HParams(**values)
+        for f in dataclasses.fields(hp):
+            v = getattr(hp, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(v, str):
+                raise UserInputError(f"Hyper-parameter {f.name!r} of {cls.name!r} must be a number, not {v!r}.")
+        check = getattr(hp, "validate", None)
+        if callable(check):
+            check()
+        return hp
+
+
+def validate_defense_class(name: str, obj: Any) -> None:
+    """Called at registration: the plugin must follow the contract."""
+    if not (isinstance(obj, type) and issubclass(obj, Defense)):
+        raise TypeError(f"Defense {name!r} must be a subclass of robustbench_er.defense.Defense.")
+    if not (dataclasses.is_dataclass(obj.HParams) and issubclass(obj.HParams, HParams)):
+        raise TypeError(f"Defense {name!r}: HParams must be a dataclass subclassing defense.HParams.")
+    if obj.build is Defense.build:
+        raise TypeError(f"Defense {name!r} must implement build(spec, hp).")
+    if obj.trainable and obj.train is Defense.train:
+        raise TypeError(f"Defense {name!r} must implement train(model, data, hp, seed, progress).")
+    fields = {f.name for f in dataclasses.fields(obj.HParams)}
+    for ds, per in obj.presets.items():
+        for prof, values in per.items():
+            if prof not in PROFILES:
+                raise TypeError(f"Defense {name!r}: preset {ds}/{prof} is not a known profile ({PROFILES}).")
+            unknown = set(values) - fields
+            if unknown:
+                raise TypeError(f"Defense {name!r}: preset {ds}/{prof} sets unknown fields {sorted(unknown)}.")
+
+
+# ---- training helpers -----------------------------------------------------------------------
+
+def make_optimizer(params: Any, hp: HParams, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = hp.lr if lr is None else lr
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    raise UserInputError(f"Unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'.")
+
+
+def training_batches(data: Dataset, hp: HParams, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    n = len(data.y_train)
+    if hp.train_samples and hp.train_samples < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: hp.train_samples]
+    else:
+        idx = torch.arange(n)
+    idx = idx[torch.randperm(len(idx), generator=g)]
+    for i in range(0, len(idx), hp.batch_size):
+        b = idx[i:i + hp.batch_size]
+        yield data.x_train[b], data.y_train[b]
+
+
+def device_of(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def fit(model: DefendedModel, data: Dataset, hp: HParams, seed: int, progress: bool,
+        step: Callable[[torch.Tensor, torch.Tensor, int], dict[str, float]], desc: str = "train") -> dict[str, Any]:
+    """The shared epoch loop: shuffling, device transfer, tqdm, loss history, timing.
+
+    ``step(x, y, epoch)`` does one update on a batch and returns scalar losses to log.
+    """
+    from tqdm.auto import tqdm
+
+    dev = device_of(model)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    n_batches = -(-min(len(data.y_train), hp.train_samples or len(data.y_train)) // hp.batch_size)
+    bar = tqdm(total=hp.epochs * n_batches, desc=desc, disable=not progress, leave=False)
+    for epoch in range(hp.epochs):
+        sums: dict[str, float] = {}
+        count = 0
+        for xb, yb in training_batches(data, hp, seed, epoch):
+            model.train()
+            losses = step(xb.to(dev), yb.to(dev), epoch)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
+        history.append({"epoch": epoch, **{k: v / max(count, 1) for k, v in sums.items()}})
+        log.info("%s epoch %d: %s", desc, epoch, history[-1])
+    bar.close()
+    model.eval()
+    return {"history": history, "train_seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def accuracy(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    dev = device_of(model)
+    pred = model.predict_label(x.to(dev), batch_size=batch_size)
+    return float((pred.cpu() == y).float().mean()) if len(y) else float("nan")
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def spec_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:length]
+
+
+def checkpoint_spec(defense: str, dataset: str, profile: str, hp: Any, seed: int) -> dict[str, Any]:
+    return {"defense": defense, "dataset": dataset, "profile": profile,
+            "hparams": dataclasses.asdict(hp), "seed": int(seed)}
+
+
+def _weights_hash(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    from robustbench_er import __version__
+
+    return {"robustbench_er": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``meta.json`` (with the weights' hash) into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta, weights_sha256=_weights_hash(state), versions=versions())
+    tmp = folder / "model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(folder / "model.safetensors")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return folder
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read safetensors weights; refuse anything else (never unpickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"Weights file {str(path)!r} does not exist.")
+    head = path.read_bytes()[:8]
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise UserInputError(f"{str(path)!r} is a pickle/torch.save file; only safetensors weights are read (never unpickled).")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserInputError(f"{str(path)!r} is not a valid safetensors file ({exc}).") from exc
+
+
+def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` after checking them against the metadata's hash."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UserInputError(f"Checkpoint {str(folder)!r} has no meta.json.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} is not valid JSON.") from exc
+    state = load_weights(folder / "model.safetensors")
+    if _weights_hash(state) != meta.get("weights_sha256"):
+        raise UserInputError(f"Checkpoint {str(folder)!r}: the weights do not match the hash in its metadata.")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserInputError(f"Checkpoint {str(folder)!r} does not fit the {meta.get('defense')!r} network: {str(exc).splitlines()[0]}") from exc
+    return meta
+
+
+@dataclass
+class Trained:
+    model: DefendedModel
+    meta: dict[str, Any]
+    folder: Path
+    reused: bool
+
+
+def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
+    from robustbench_er.registry import get_defense
+
+    d = get_defense(defense_name)()
+    return d.wrap(d.build(spec, hp), spec, hp)
+
+
+def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
+                 out: Path = Path("results"), overrides: dict[str, Any] | None = None,
+                 device: torch.device | str = "cpu", progress: bool = True,
+                 checkpoint_dir: Path | None = None) -> Trained:
+    """Return the trained defense for this spec, reusing its checkpoint if one exists."""
+    from robustbench_er.registry import get_defense
+
+    cls = get_defense(defense_name)
+    defense = cls()
+    hp = cls.hparams(data.spec.name, profile, overrides)
+    spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed)
+    cid = spec_hash(spec)
+    folder = Path(checkpoint_dir) if checkpoint_dir else Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
+    torch.manual_seed(seed)
+    model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
+    if (folder / "meta.json").is_file():
+        meta = load_checkpoint(folder, model)
+        if meta.get("spec") != json.loads(_canonical(spec)) and checkpoint_dir is None:
+            raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
+        if meta.get("dataset") != data.spec.name:
+            raise UserInputError(
+                f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}, not {data.spec.name!r}."
+            )
+        model.to(device).eval()
+        return Trained(model, meta, folder, True)
+    if checkpoint_dir is not None:
+        raise UserInputError(f"Checkpoint folder {str(folder)!r} has no meta.json.")
+    if not cls.trainable:
+        raise UserInputError(f"Defense {cls.name!r} cannot be trained; give it a checkpoint.")
+    model.to(device)
+    torch.manual_seed(seed)
+    report = defense.train(model, data, hp, seed, progress)
+    model.eval()
+    check_model_output(model, data.x_test[:4].to(device))
+    clean = accuracy(model, data.x_test, data.y_test)
+    meta = {"defense": cls.name, "dataset": data.spec.name, "profile": profile, "seed": seed,
+            "hparams": dataclasses.asdict(hp), "spec": json.loads(_canonical(spec)), "id": cid,
+            "clean_acc": clean, "train_seconds": report.get("train_seconds"),
+            "history": report.get("history", []), "randomized": cls.randomized,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    save_checkpoint(folder, model, meta)
+    log.info("trained %s on %s: clean accuracy %.4f", cls.name, data.spec.name, clean)
+    return Trained(model, meta, folder, False)

@@ -114,7 +114,7 @@ def config_from_dict(d: dict[str, Any], out: str | None, device: str, quiet: boo
         eps=parse_eps(eps if not isinstance(eps, (int, float)) else [eps]) if not isinstance(eps, str) else parse_eps(eps),
         norm=str(d.get("norm", "Linf")), samples=d.get("samples", 500), profile=str(d.get("profile", "quick")),
         seed=int(d.get("seed", 0)), out=Path(out or d.get("out") or "results"), data_dir=d.get("data_dir"),
-        device=device, batch_size=int(d.get("batch_size", 500)), eot=int(d.get("eot", 10)),
+        device=device, batch_size=int(d.get("batch_size", 128)), eot=int(d.get("eot", 10)),
         headline=float(parse_eps([d["headline"]] if not isinstance(d["headline"], str) else d["headline"])[0])
         if d.get("headline") is not None else None,
         defense_overrides=overrides, progress=not quiet)
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--norm", default="Linf")
     sp.add_argument("--eps", required=True, help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")
     sp.add_argument("--samples", type=int, default=500)
-    sp.add_argument("--batch-size", type=int, default=500)
+    sp.add_argument("--batch-size", type=int, default=128, help="attack batch size (default: %(default)s)")
     sp.add_argument("--eot", type=int, default=10, help="passes for EOT and majority votes on randomized defenses")
     sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard")
     common(sp)

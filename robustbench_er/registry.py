@@ -68,6 +68,9 @@ class Registry(Generic[T]):
                 continue
             try:
                 loaded = ep.load()
+            except ModuleNotFoundError as exc:
+                log.warning("%s plugin %r (%s) is declared but not importable: %s", self.kind, ep.name, ep.value, exc)
+                continue
             except Exception as exc:  # a broken third-party plugin must not hide the others
                 log.warning("could not load %s plugin %r (%s): %s", self.kind, ep.name, ep.value, exc)
                 continue

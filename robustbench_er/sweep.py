@@ -74,7 +74,7 @@ class SweepConfig:
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
-    batch_size: int = 500
+    batch_size: int = 128
     #: forward passes for EOT gradients and majority votes on randomized defenses
     eot: int = 10
     headline: float | None = None
@@ -229,7 +229,7 @@ class _Interrupt(Exception):
     """Raised by the test hook that simulates a killed run."""
 
 
-def run_cell(store: Store, cell: Cell, *, batch_size: int = 500, progress: bool = True,
+def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
              stop_after_steps: int | None = None) -> CellSummary:
     """Run (or resume) one cell; every finished step is committed to the store."""
     from tqdm.auto import tqdm

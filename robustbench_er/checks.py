@@ -1,23 +1,46 @@
 """Evaluation sanity checks. Each returns flags (name -> one-line detail) that go into the
 leaderboard's ``flags`` column; ``docs/flags.md`` explains each and what to do about it.
 
-Per model (once per checkpoint, cached): ``nondeterministic`` (a defense declared
-deterministic gives different outputs on two passes), ``probabilities`` (the model returns
-probabilities instead of logits), ``zero-gradients`` / ``nan-gradients`` (input gradients of
-the loss vanish or are not finite: gradient attacks are blind).
+Every check is cheap: a few forward or backward passes on at most :data:`CHECK_POINTS` points,
+or a read of the store. Random draws use a private generator state, so running the checks never
+changes the random numbers a sweep sees.
 
-Per cell: ``no-break-at-large-eps`` (at an epsilon where any image can be turned into any
-other, an attack that leaves more than 10% standing is fooled: gradient masking).
+Per model (once per checkpoint, cached):
 
-Across attacks (in the report): ``single-step-stronger`` (FGSM breaks more than PGD at some
-eps), ``black-box-stronger`` (a score- or decision-based attack beats a white-box gradient attack).
+* ``nondeterministic``: a defense declared deterministic gives different outputs on two passes;
+* ``probabilities``: the outputs are non-negative and sum to 1 (probabilities, not logits);
+* ``zero-gradients``: input gradients of the loss are all zero (or there is no gradient path)
+  for at least :data:`ZERO_GRAD_SHARE` of the points;
+* ``nan-gradients``: input gradients are not finite.
+
+Per cell:
+
+* ``randomized-no-eot``: a defense declared randomized was attacked with ``eot`` < 2;
+* ``eps0-mismatch``: the grid has eps 0 and robust accuracy there differs from clean accuracy;
+* ``curve-rises``: the robust-accuracy curve rises with eps, or the per-step counts in the
+  store (points attacked and broken per eps) disagree with the per-sample outcomes;
+* ``no-break-at-large-eps``: at an eps where any image can be moved to a mid-grey image
+  (Linf 0.5, L2 0.5 sqrt(d), L1 0.5 d) the attack leaves more than 10% standing;
+* ``noise-stronger``: random noise of the same norm at the cell's largest eps breaks more of
+  (up to 64) clean-correct points than the attack did at that eps;
+* ``autoattack-check``: the attack object reports warnings (``attack.warnings``, a list of
+  strings; the AutoAttack adapter passes on AutoAttack's own checks).
+
+Across attacks of one (dataset, defense, norm), in the report:
+
+* ``single-step-stronger``: FGSM leaves fewer points standing than an iterative attack at some eps;
+* ``black-box-stronger``: a score- or decision-based attack (Square, RayS, Boundary) leaves
+  fewer standing than a white-box gradient attack (PGD, APGD, AutoAttack) at some eps.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -26,60 +49,250 @@ if TYPE_CHECKING:
     from robustbench_er.sweep import Cell
 
 _MODEL_CACHE: dict[str, dict[str, str]] = {}
-#: epsilons at which any image in [0, 1] can be reached; an attack must then break ~everything
-LARGE_EPS = {"Linf": 0.5}
+#: points used by the model and noise checks
+CHECK_POINTS = 64
+#: an attack must leave at most this share standing at the large epsilon
 LARGE_EPS_MAX_ACC = 0.10
+#: flag zero gradients when at least this share of the points has an all-zero input gradient
+ZERO_GRAD_SHARE = 0.10
+#: random noise draws per point in the noise check (a point counts if any draw breaks it)
+NOISE_DRAWS = 4
+#: two accuracies closer than this are treated as equal when comparing attacks
 MARGIN = 0.005
+#: accuracies read from the same outcomes must agree to this tolerance
+EXACT = 1e-9
+#: label prefixes of attacks that see no gradients / that are white-box gradient attacks
+BLACK_BOX_PREFIXES = ("square", "rays", "boundary")
+WHITE_BOX_PREFIXES = ("pgd", "apgd", "autoattack")
+SINGLE_STEP_PREFIXES = ("fgsm",)
+ITERATIVE_PREFIXES = ("pgd", "mim", "apgd", "bim", "autoattack")
 
+
+def large_eps(norm: str, dim: int) -> float:
+    """An epsilon at which every image in [0, 1]^dim can be moved to the mid-grey image."""
+    return {"Linf": 0.5, "L2": 0.5 * math.sqrt(dim), "L1": 0.5 * dim}[norm]
+
+
+def _seed(*parts: object) -> int:
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:8], 16)
+
+
+# ---- per model ------------------------------------------------------------------------------
 
 def model_flags(model: Any, x: torch.Tensor, y: torch.Tensor, key: str) -> dict[str, str]:
+    """Determinism, logits-vs-probabilities and input-gradient checks on a few points (cached by ``key``)."""
     if key in _MODEL_CACHE:
-        return _MODEL_CACHE[key]
+        return dict(_MODEL_CACHE[key])
     flags: dict[str, str] = {}
     model.eval()
-    xb, yb = x[:32], y[:32]
-    with torch.no_grad():
+    xb, yb = x[:CHECK_POINTS], y[:CHECK_POINTS]
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        a = model.predict(xb)
-        b = model.predict(xb)
-    if not model.randomized and not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
-        flags["nondeterministic"] = "two forward passes differ on a defense declared deterministic"
-    if bool((a >= 0).all()) and torch.allclose(a.sum(1), torch.ones(len(a), device=a.device), atol=1e-3):
-        flags["probabilities"] = "outputs are non-negative and sum to 1: probabilities, not logits"
-    if getattr(model, "differentiable", True):
-        xg = xb.clone().requires_grad_(True)
-        loss = F.cross_entropy(model.predict(xg), yb)
-        (g,) = torch.autograd.grad(loss, xg, allow_unused=True)
-        if g is None or not torch.isfinite(g).all():
-            flags["nan-gradients"] = "input gradients are missing or not finite"
-        elif float(g.abs().amax()) == 0.0:
-            flags["zero-gradients"] = "input gradients are all zero"
+        with torch.no_grad():
+            a = model.predict(xb)
+            b = model.predict(xb)
+        if not getattr(model, "randomized", False) and not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
+            diff = float((a - b).abs().max())
+            flags["nondeterministic"] = (
+                f"two forward passes differ (max logit difference {diff:.3g}) on a defense declared deterministic")
+        if bool((a >= 0).all()) and torch.allclose(a.sum(1), torch.ones(len(a), device=a.device), atol=1e-3):
+            flags["probabilities"] = "outputs are non-negative and sum to 1: probabilities, not logits"
+        if getattr(model, "differentiable", True):
+            flags.update(_gradient_flags(model, xb, yb))
     _MODEL_CACHE[key] = flags
-    return flags
+    return dict(flags)
+
+
+def _gradient_flags(model: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, str]:
+    xg = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model.predict(xg), y, reduction="sum")
+        if not loss.requires_grad:
+            return {"zero-gradients": "the output does not depend differentiably on the input (no gradient path)"}
+        (g,) = torch.autograd.grad(loss, xg, allow_unused=True)
+    if g is None:
+        return {"zero-gradients": "the output does not depend differentiably on the input (no gradient path)"}
+    if not bool(torch.isfinite(g).all()):
+        bad = float((~torch.isfinite(g)).reshape(len(g), -1).any(1).float().mean())
+        return {"nan-gradients": f"input gradients are NaN or infinite on {bad:.0%} of {len(g)} points"}
+    zero = g.reshape(len(g), -1).abs().amax(1) == 0
+    share = float(zero.float().mean())
+    if share >= ZERO_GRAD_SHARE:
+        return {"zero-gradients": f"input gradients are exactly zero on {share:.0%} of {len(g)} points"}
+    return {}
+
+
+# ---- per cell -------------------------------------------------------------------------------
+
+def randomized_flags(randomized: bool, cell_eot: int, attack_eot: int) -> dict[str, str]:
+    if randomized and min(cell_eot, attack_eot) < 2:
+        return {"randomized-no-eot": (f"the defense is randomized but was evaluated with eot={min(cell_eot, attack_eot)};"
+                                      " gradients and verdicts come from single stochastic passes")}
+    return {}
+
+
+def eps0_flags(outcomes: pd.DataFrame, grid: list[float]) -> dict[str, str]:
+    """Robust accuracy at eps 0 (if on the grid) must equal clean accuracy."""
+    from robustbench_er.metrics import curve
+
+    if len(outcomes) == 0 or not any(abs(e) <= EXACT for e in grid):
+        return {}
+    acc0 = float(curve(outcomes, [0.0])[0])
+    clean = float(outcomes["clean_correct"].astype(bool).mean())
+    if abs(acc0 - clean) > EXACT:
+        return {"eps0-mismatch": f"robust accuracy at eps 0 is {acc0:.3f} but clean accuracy is {clean:.3f}"}
+    return {}
+
+
+def steps_frame(store: Store, cell_id: str) -> pd.DataFrame:
+    """The cell's finished steps (eps index, eps, points attacked, points newly broken)."""
+    return store.steps(cell_id)
+
+
+def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], kind: str) -> dict[str, str]:
+    """The curve must not rise with eps, and the per-step counts must match the outcomes.
+
+    For a fixed-epsilon attack the runner attacks, at each eps, exactly the points that survived
+    the previous eps; so ``attacked`` at step i+1 must equal ``attacked - broken`` at step i,
+    and the share still standing after step i must equal the curve read from ``broken_at``.
+    A minimization attack has one step that attacks every clean-correct point.
+    """
+    from robustbench_er.metrics import curve
+
+    n = len(outcomes)
+    if n == 0:
+        return {}
+    g = sorted(float(e) for e in grid)
+    acc = curve(outcomes, g)
+    for i in range(1, len(g)):
+        if acc[i] > acc[i - 1] + EXACT:
+            return {"curve-rises": f"robust accuracy rises from {acc[i - 1]:.3f} at eps {g[i - 1]:g}"
+                                   f" to {acc[i]:.3f} at eps {g[i]:g}"}
+    clean = int(outcomes["clean_correct"].astype(bool).sum())
+    expected = len(g) if kind == "fixed" else 1
+    if len(steps) != expected:
+        return {"curve-rises": f"the store holds {len(steps)} of {expected} attack steps for a finished cell"}
+    att = steps["attacked"].to_numpy(dtype=int)
+    brk = steps["broken"].to_numpy(dtype=int)
+    if att[0] != clean:
+        return {"curve-rises": f"the first step attacked {att[0]} points but {clean} are clean-correct"}
+    if kind == "fixed":
+        for i in range(1, len(att)):
+            left = att[i - 1] - brk[i - 1]
+            if att[i] != left:
+                rises = "rises: " if att[i] > left else ""
+                return {"curve-rises": f"{rises}step {i} (eps {g[i]:g}) attacked {att[i]} points but {left}"
+                                       f" survived eps {g[i - 1]:g}"}
+        raw = (att - brk) / n
+        for i, e in enumerate(g):
+            if abs(raw[i] - acc[i]) > EXACT:
+                return {"curve-rises": f"at eps {e:g} the steps leave {raw[i]:.3f} standing but the outcomes"
+                                       f" {acc[i]:.3f}"}
+    else:
+        standing = int((outcomes["clean_correct"].astype(bool) & outcomes["broken_at"].isna()).sum())
+        if att[0] - brk[0] != standing:
+            return {"curve-rises": f"the attack step left {att[0] - brk[0]} points standing but the outcomes"
+                                   f" {standing}"}
+    return {}
+
+
+def large_eps_flags(outcomes: pd.DataFrame, grid: list[float], norm: str, dim: int,
+                    label: str) -> dict[str, str]:
+    """At an eps where every image reaches mid-grey, at most 10% may stand."""
+    from robustbench_er.metrics import curve
+
+    if len(outcomes) == 0 or not grid:
+        return {}
+    big = large_eps(norm, dim)
+    top = max(grid)
+    if top + EXACT < big:
+        return {}
+    acc = float(curve(outcomes, [top])[0])
+    if acc > LARGE_EPS_MAX_ACC:
+        return {"no-break-at-large-eps": f"{label} leaves {acc:.1%} standing at eps {top:g}"
+                                         f" (any image reaches mid-grey from eps {big:g})"}
+    return {}
+
+
+def random_noise(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """Random points of norm ``eps`` around ``x`` (uniform signs for Linf, a Gaussian direction
+    for L2 and L1), clipped to [0, 1]; clipping never moves a point farther from ``x``."""
+    if norm == "Linf":
+        d = (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1).to(x) * eps
+    else:
+        d = torch.randn(x.shape, generator=generator).to(x)
+        p = 2 if norm == "L2" else 1
+        d = d / d.reshape(len(x), -1).norm(p=p, dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1))) * eps
+    return (x + d).clamp(0, 1)
+
+
+def noise_flags(model: Any, x: torch.Tensor, y: torch.Tensor, broken_at: np.ndarray, eps: float, norm: str,
+                n_passes: int, seed: int, label: str) -> dict[str, str]:
+    """Does random noise of norm ``eps`` break more of these (clean-correct) points than the attack?
+
+    ``broken_at`` is the attack's per-point break epsilon (NaN = never). A point counts as broken
+    by noise if any of :data:`NOISE_DRAWS` draws is verified adversarial.
+    """
+    from robustbench_er.attack import verify
+
+    if len(x) == 0 or eps <= 0:
+        return {}
+    gen = torch.Generator().manual_seed(seed)
+    e = torch.full((len(x),), float(eps), device=x.device)
+    hit = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(NOISE_DRAWS):
+            ok, _ = verify(model, x, random_noise(x, eps, norm, gen), y, norm, e, n_passes)
+            hit |= ok
+    by_noise = int(hit.sum())
+    by_attack = int((np.nan_to_num(broken_at, nan=np.inf) <= eps + EXACT).sum())
+    if by_noise > by_attack:
+        return {"noise-stronger": f"random {norm} noise at eps {eps:g} breaks {by_noise} of {len(x)}"
+                                  f" clean-correct points, {label} only {by_attack}"}
+    return {}
+
+
+def attack_warning_flags(attack: Any) -> dict[str, str]:
+    """Warnings an attack adapter reports about the evaluation (``attack.warnings``)."""
+    warnings = getattr(attack, "warnings", None)
+    if isinstance(warnings, (list, tuple)) and warnings:
+        text = " | ".join(" ".join(str(w).split()) for w in warnings)
+        return {"autoattack-check": text}
+    return {}
 
 
 def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
+    """All per-model and per-cell checks of one finished cell."""
     from robustbench_er.defense import device_of
-    from robustbench_er.metrics import curve
 
     model = cell.trained.model
     dev = device_of(model)
-    ids = torch.as_tensor(cell.sample_ids[:32])
-    flags = dict(model_flags(model, cell.dataset.x_test[ids].to(dev), cell.dataset.y_test[ids].to(dev),
-                             str(cell.spec["checkpoint"])))
     out = store.outcomes(cell.cell_id)
-    large = LARGE_EPS.get(cell.spec["norm"])
-    if large is not None:
-        grid = [e for e in cell.grid if e >= large]
-        if cell.attack.kind == "min":
-            grid = [max(cell.grid[-1], large)] if cell.grid[-1] >= large else []
-        if grid:
-            acc = float(curve(out, grid[-1:])[0])
-            if acc > LARGE_EPS_MAX_ACC:
-                flags["no-break-at-large-eps"] = (
-                    f"{cell.attack_cfg.display} leaves {acc:.1%} standing at eps {grid[-1]:g}")
+    ids = torch.as_tensor(cell.sample_ids[:CHECK_POINTS])
+    key = f"{cell.spec['checkpoint']}:{cell.trained.folder}"
+    flags = model_flags(model, cell.dataset.x_test[ids].to(dev), cell.dataset.y_test[ids].to(dev), key)
+    flags.update(randomized_flags(bool(getattr(model, "randomized", False)), int(cell.eot),
+                                  int(getattr(cell.attack.params, "eot", 1))))
+    grid = [float(e) for e in cell.grid]
+    flags.update(eps0_flags(out, grid))
+    flags.update(curve_flags(out, steps_frame(store, cell.cell_id), grid, cell.attack.kind))
+    norm = cell.spec["norm"]
+    dim = int(np.prod(cell.dataset.spec.shape))
+    label = cell.attack_cfg.display
+    flags.update(large_eps_flags(out, grid, norm, dim, label))
+    correct = out[out["clean_correct"].astype(bool)].head(CHECK_POINTS)
+    if len(correct) and grid and grid[-1] > 0:
+        cids = torch.tensor(correct["sample_id"].to_numpy(dtype=np.int64))
+        model.eval()
+        flags.update(noise_flags(model, cell.dataset.x_test[cids].to(dev), cell.dataset.y_test[cids].to(dev),
+                                 correct["broken_at"].to_numpy(dtype=float), grid[-1], norm, int(cell.eot),
+                                 _seed(cell.cell_id, "noise"), label))
+    flags.update(attack_warning_flags(cell.attack))
     return flags
 
+
+# ---- across attacks -------------------------------------------------------------------------
 
 def cross_attack_flags(curves: dict[str, tuple[list[float], np.ndarray]], access: dict[str, str],
                        kinds: dict[str, str]) -> dict[str, str]:
@@ -89,27 +302,36 @@ def cross_attack_flags(curves: dict[str, tuple[list[float], np.ndarray]], access
     def at(label: str, eps: float) -> float | None:
         g, a = curves[label]
         for e, v in zip(g, a):
-            if abs(e - eps) < 1e-9:
+            if abs(e - eps) < EXACT:
                 return float(v)
         return None
 
+    def first_lower(weak: str, strong: str) -> tuple[float, float, float] | None:
+        """The first eps of ``strong``'s grid where ``weak`` leaves fewer standing than ``strong``."""
+        for e in curves[strong][0]:
+            va, vb = at(weak, e), at(strong, e)
+            if va is not None and vb is not None and va + MARGIN < vb:
+                return float(e), va, vb
+        return None
+
     labels = list(curves)
-    single = [lab for lab in labels if lab.startswith("fgsm")]
-    iterative = [lab for lab in labels if lab.startswith(("pgd", "mim", "apgd"))]
+    single = [lab for lab in labels if lab.lower().startswith(SINGLE_STEP_PREFIXES)]
+    iterative = [lab for lab in labels if lab.lower().startswith(ITERATIVE_PREFIXES)]
     for s in single:
         for it in iterative:
-            for e in curves[s][0]:
-                va, vb = at(s, e), at(it, e)
-                if va is not None and vb is not None and va + MARGIN < vb:
-                    flags["single-step-stronger"] = f"{s} {va:.3f} < {it} {vb:.3f} at eps {e:g}"
-                    break
-    white = [lab for lab in labels if access.get(lab) == "gradient" and kinds.get(lab) == "fixed"]
-    black = [lab for lab in labels if access.get(lab) in ("score", "decision")]
+            hit = first_lower(s, it)
+            if hit and "single-step-stronger" not in flags:
+                e, va, vb = hit
+                flags["single-step-stronger"] = f"{s} {va:.3f} < {it} {vb:.3f} at eps {e:g}"
+    white = [lab for lab in labels if lab not in single
+             and (lab.lower().startswith(WHITE_BOX_PREFIXES)
+                  or (access.get(lab) == "gradient" and kinds.get(lab) == "fixed"))]
+    black = [lab for lab in labels if lab not in white
+             and (access.get(lab) in ("score", "decision") or lab.lower().startswith(BLACK_BOX_PREFIXES))]
     for bl in black:
         for w in white:
-            for e in curves[w][0]:
-                vb, vw = at(bl, e), at(w, e)
-                if vb is not None and vw is not None and vb + MARGIN < vw:
-                    flags["black-box-stronger"] = f"{bl} {vb:.3f} < {w} {vw:.3f} at eps {e:g}"
-                    break
+            hit = first_lower(bl, w)
+            if hit and "black-box-stronger" not in flags:
+                e, vb, vw = hit
+                flags["black-box-stronger"] = f"{bl} {vb:.3f} < {w} {vw:.3f} at eps {e:g}"
     return flags

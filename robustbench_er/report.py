@@ -107,6 +107,9 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
             if kinds[label] == "min":
                 out = by_cell[group[group["attack_label"] == label].iloc[0]["cell_id"]]
                 val = float(curve(out, [hl])[0])
+                # average distance to the decision boundary over the points it broke (ADBD for RayS)
+                ok = out["clean_correct"].astype(bool)
+                row[f"adbd[{label}]"] = float(out.loc[ok, "broken_at"].mean())
             row[f"robust_acc[{label}]"] = val
         for label, v in aucs.items():
             if label != WORST:
@@ -140,19 +143,27 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _fmt_auc(v: Any) -> str:
+    return "–" if _isnan(v) else f"{float(v):.3f}"
+
+
 def leaderboard_markdown(board: pd.DataFrame, prov: dict[str, Any]) -> str:
     lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "",
              "Accuracies in %, on the evaluated test points; robust accuracy = worst case over the attacks run"
-             " at the headline epsilon; AUC = area under the worst-case curve / grid width (x100).", ""]
+             " at the headline epsilon; AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
+             " ADBD = mean distance of the adversarial examples a minimization attack found.", ""]
     for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
         attack_cols = [c for c in part.columns if c.startswith("robust_acc[") and part[c].notna().any()]
         auc_cols = [c for c in part.columns if c.startswith("auc[") and part[c].notna().any()]
         head = ["defense", "clean", f"robust @ {part['headline_label'].iloc[0]}", "AUC"]
-        head += [c[len("robust_acc["):-1] for c in attack_cols] + [f"AUC {c[4:-1]}" for c in auc_cols] + ["n", "flags"]
+        adbd_cols = [c for c in part.columns if c.startswith("adbd[") and part[c].notna().any()]
+        head += [c[len("robust_acc["):-1] for c in attack_cols] + [f"AUC {c[4:-1]}" for c in auc_cols]
+        head += [f"ADBD {c[5:-1]}" for c in adbd_cols] + ["n", "flags"]
         lines += [f"## {dataset}, {norm}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in part.iterrows():
-            cells = [r["defense"], _fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt(r["auc"])]
-            cells += [_fmt(r[c]) for c in attack_cols] + [_fmt(r[c]) for c in auc_cols]
+            cells = [r["defense"], _fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
+            cells += [_fmt(r[c]) for c in attack_cols] + [_fmt_auc(r[c]) for c in auc_cols]
+            cells += ["–" if _isnan(r[c]) else f"{r[c]:.4f}" for c in adbd_cols]
             cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -164,6 +175,7 @@ def leaderboard_json(board: pd.DataFrame, prov: dict[str, Any]) -> list[dict[str
     for _, r in board.iterrows():
         per = {c[len("robust_acc["):-1]: _num(r[c]) for c in board.columns if c.startswith("robust_acc[") and not _isnan(r[c])}
         aucs = {c[4:-1]: _num(r[c]) for c in board.columns if c.startswith("auc[") and not _isnan(r[c])}
+        adbd = {c[5:-1]: _num(r[c]) for c in board.columns if c.startswith("adbd[") and not _isnan(r[c])}
         entries.append({
             # RobustBench model_info fields
             "name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
@@ -172,7 +184,7 @@ def leaderboard_json(board: pd.DataFrame, prov: dict[str, Any]) -> list[dict[str
             "number_forward_passes": int(r["eot_n"]), "unreliable": bool(r["flags"]), "footnote": r["flag_details"] or None,
             # ours
             "robust_acc": _num(r["robust_acc"]), "robust_acc_per_attack": per, "auc": _num(r["auc"]),
-            "auc_per_attack": aucs, "n": int(r["n"]), "flags": [f for f in str(r["flags"]).split(";") if f],
+            "auc_per_attack": aucs, "adbd_per_attack": adbd, "n": int(r["n"]), "flags": [f for f in str(r["flags"]).split(";") if f],
             "checkpoint": r["checkpoint"], "command": prov["command"], "versions": prov["versions"],
         })
     return entries
@@ -199,6 +211,8 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         defenses = list(dict.fromkeys(part["defense"]))
         colors = plt.get_cmap("tab10")
+        styles = ["--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
+        attack_style = {a: styles[j % len(styles)] for j, a in enumerate(dict.fromkeys(a for a in part["attack"] if a != WORST))}
         for i, d in enumerate(defenses):
             sub = part[part["defense"] == d]
             for attack, s in sub.groupby("attack", sort=False):
@@ -208,7 +222,7 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
                     ax.plot(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), lw=2.4, marker="o", ms=3,
                             label=f"{d} (worst case){flagged}")
                 elif len(s) > 1:
-                    ax.plot(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), lw=1, ls="--", alpha=0.7,
+                    ax.plot(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), lw=1.1, ls=attack_style[attack], alpha=0.75,
                             label=f"{d} · {attack}")
                 else:
                     ax.scatter(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), marker="x", s=40,

@@ -119,6 +119,12 @@ class Store:
             "SELECT sample_id, label, clean_correct, broken_at FROM outcomes WHERE cell_id=? ORDER BY sample_id",
             self.conn, params=(cell_id,))
 
+    def steps(self, cell_id: str) -> pd.DataFrame:
+        """The cell's finished steps: eps index, eps, points attacked, points newly broken."""
+        return pd.read_sql_query(
+            "SELECT eps_index, eps, attacked, broken FROM steps WHERE cell_id=? ORDER BY eps_index",
+            self.conn, params=(cell_id,))
+
     def done_steps(self, cell_id: str) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT eps_index FROM steps WHERE cell_id=?", (cell_id,))}
 

@@ -29,6 +29,10 @@ Differences from calling the package directly, and why:
   defense, too many target classes, Square stronger than the gradient attacks) are captured
   from its ``auto-attack`` logger and the ``warnings`` module into ``self.warnings`` (the
   runner shows them as flags) instead of being printed; its progress messages are silenced.
+* With an explicit non-``rand`` version on a randomized defense the model is attacked as it is
+  (no EOT); AutoAttack's randomness check then says so in ``self.warnings``.
+* AutoAttack's dynamic-defense check replaces Python's trace function (``sys.settrace``); the
+  adapter restores the caller's afterwards, so coverage tools and debuggers keep working.
 * ``plus`` with L1 is refused: the package only logs that this combination is unchecked (it
   does not switch APGD to the L1 large-epsilon schedule there).
 """
@@ -36,6 +40,7 @@ Differences from calling the package directly, and why:
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +137,7 @@ class AutoAttackAdapter(Attack):
         aa_log = logging.getLogger("auto-attack")
         collector = _Collector()
         old_propagate = aa_log.propagate
+        old_trace = sys.gettrace()
         aa_log.addHandler(collector)
         aa_log.propagate = False
         try:
@@ -146,6 +152,7 @@ class AutoAttackAdapter(Attack):
         finally:
             aa_log.removeHandler(collector)
             aa_log.propagate = old_propagate
+            sys.settrace(old_trace)
         msgs = collector.messages + [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
         for m in msgs:
             if m not in self.warnings:

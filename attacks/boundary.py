@@ -71,7 +71,7 @@ class Boundary(Attack):
         p = self.params
         lm = LibraryModel(model, p.eot, mode="vote").eval()
         fmodel = fb.PyTorchModel(lm, bounds=(0, 1), device=x.device)
-        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=p.init_directions, steps=1000)
+        init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(directions=p.init_directions, steps=100)
         with seeded(draw_seed(generator), x.device), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "failed to draw sufficient random inputs": handled below
             starts = init.run(fmodel, x, fb.criteria.Misclassification(y))

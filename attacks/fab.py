@@ -2,7 +2,10 @@
 
 Threat model: white-box, gradient access, fixed epsilon (FAB minimises the norm and the
 point counts when the found example lies within eps); Linf, L2 and L1.
-Source library: torchattacks (``torchattacks.FAB``).
+Source library: torchattacks (``torchattacks.FAB``) for Linf and L2; for L1 the official code in
+pyautoattack (``pyautoattack.fab_pt.FABAttack_PT``), because torchattacks 3.5.1 fails on L1
+(its restart loop never measures the L1 norm and raises ``UnboundLocalError``). The two share
+the same algorithm and parameters.
 
 Parameters (paper values in brackets): ``steps`` (100), ``n_restarts`` (1 in AutoAttack; the
 paper reports up to 100), ``alpha_max`` (0.1), ``eta`` overshoot (1.05), ``beta`` backward step
@@ -63,6 +66,13 @@ class FAB(Attack):
         classes = int(getattr(model, "classes", 10))
 
         def make(lm: LibraryModel, e: float, seed: int) -> Any:
+            if self.norm == "L1":
+                from pyautoattack.fab_pt import FABAttack_PT
+
+                fab = FABAttack_PT(lm, norm="L1", n_restarts=p.n_restarts, n_iter=p.steps, eps=e,
+                                   alpha_max=p.alpha_max, eta=p.eta, beta=p.beta, verbose=False, seed=seed,
+                                   targeted=p.targeted, device=x.device, n_target_classes=classes - 1)
+                return fab.perturb
             return torchattacks.FAB(lm, norm=self.norm, eps=e, steps=p.steps, n_restarts=p.n_restarts,
                                     alpha_max=p.alpha_max, eta=p.eta, beta=p.beta, verbose=False, seed=seed,
                                     multi_targeted=p.targeted, n_classes=classes)

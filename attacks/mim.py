@@ -22,7 +22,15 @@ from typing import Any
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams, LibraryModel, clip_to_ball, draw_seed, eps_groups, seeded
+from robustbench_er.attack import (
+    Attack,
+    AttackParams,
+    LibraryModel,
+    clip_to_ball,
+    draw_seed,
+    eps_groups,
+    seeded,
+)
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack

@@ -27,6 +27,7 @@ demo: install
 	$(BIN)/robustbench-er quickstart --out $(OUT)
 
 test: install-dev
+	$(BIN)/ruff check robustbench_er defenses attacks tests benchmarks
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

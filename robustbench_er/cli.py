@@ -133,8 +133,11 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
         _print(f"[{s.defense} / {s.attack} / {s.norm}] n={s.n} clean {100 * s.clean_acc:.1f}% | robust % at eps {pts}"
                f" | {s.seconds:.1f}s{' (resumed)' if s.resumed else ''}", quiet)
 
+    def on_skip(defense: str, attack: str, reason: str) -> None:
+        _print(f"[{defense} / {attack}] skipped: {reason}", quiet)
+
     t0 = time.perf_counter()
-    run_sweep(cfg, command=command, on_cell=on_cell, on_train=on_train)
+    run_sweep(cfg, command=command, on_cell=on_cell, on_train=on_train, on_skip=on_skip)
     out = Path(cfg.out)
     _print(f"done in {time.perf_counter() - t0:.0f}s; outputs in {out.resolve()}:", quiet)
     for f in sorted(out.glob("*")):
@@ -144,7 +147,13 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from robustbench_er.registry import ATTACKS, DEFENSES, list_attacks, list_datasets, list_defenses
+    from robustbench_er.registry import (
+        ATTACKS,
+        DEFENSES,
+        list_attacks,
+        list_datasets,
+        list_defenses,
+    )
 
     kinds = [args.kind] if args.kind else ["defenses", "attacks", "datasets"]
     for kind in kinds:

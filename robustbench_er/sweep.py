@@ -35,7 +35,13 @@ import torch
 
 from robustbench_er.attack import Attack, canonical_norm, verify
 from robustbench_er.data import Dataset, load_dataset
-from robustbench_er.defense import DefendedModel, Trained, check_model_output, get_or_train, spec_hash
+from robustbench_er.defense import (
+    DefendedModel,
+    Trained,
+    check_model_output,
+    get_or_train,
+    spec_hash,
+)
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import get_attack, get_defense
 from robustbench_er.store import Store
@@ -157,8 +163,14 @@ def make_attack(cfg: AttackConfig, norm: str, randomized: bool, eot: int) -> Att
 
 
 def plan(cfg: SweepConfig, store: Store | None = None,
-         on_train: Callable[[str, Trained], None] | None = None) -> list[Cell]:
-    """Validate the config, train or reuse checkpoints, and return the cells to run."""
+         on_train: Callable[[str, Trained], None] | None = None,
+         on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
+    """Validate the config, train or reuse checkpoints, and return the cells to run.
+
+    A (defense, attack) pair the attack cannot run on (a gradient attack on a defense declared
+    non-differentiable, say) is skipped with ``on_skip(defense, attack, reason)`` when the sweep
+    has other pairs to run; if nothing is left, the reason is raised as a UserInputError.
+    """
     from robustbench_er.device import resolve_device
 
     norm = canonical_norm(cfg.norm)
@@ -188,6 +200,7 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         get_defense(d).hparams(data.spec.name, cfg.profile, cfg.defense_overrides.get(d))
     device = resolve_device(cfg.device)
     cells: list[Cell] = []
+    skipped: list[tuple[str, str, str]] = []
     for d in cfg.defenses:
         trained = get_or_train(d, data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
                                overrides=cfg.defense_overrides.get(d), device=device, progress=cfg.progress)
@@ -199,7 +212,14 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         eot = cfg.eot if randomized else 1
         for a in cfg.attacks:
             attack = make_attack(a, norm, randomized, eot)
-            attack.check_model(model)
+            try:
+                attack.check_model(model)
+            except UserInputError as exc:
+                skipped.append((d, a.display, str(exc)))
+                if on_skip:
+                    on_skip(d, a.display, str(exc))
+                log.warning("skipping %s x %s: %s", d, a.display, exc)
+                continue
             cgrid = a.eps if a.eps is not None else grid
             cids = ids[: a.samples] if a.samples else ids
             spec = {"dataset": data.spec.name, "checkpoint": trained.meta.get("id"), "defense": get_defense(d).name,
@@ -209,6 +229,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     "headline": data.spec.headline.get(norm)}
             cells.append(Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
                               cids, cfg.seed, eot))
+    if not cells and skipped:
+        raise UserInputError(skipped[0][2])
     return cells
 
 
@@ -303,6 +325,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
 
 def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
               on_train: Callable[[str, Trained], None] | None = None,
+              on_skip: Callable[[str, str, str], None] | None = None,
               stop_after_steps: int | None = None) -> list[CellSummary]:
     """Plan, run every cell (resuming finished steps), run the checks, write the reports."""
     from robustbench_er.checks import run_cell_checks
@@ -310,7 +333,7 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     from robustbench_er.report import write_reports
 
     out = Path(cfg.out)
-    cells = plan(cfg, on_train=on_train)
+    cells = plan(cfg, on_train=on_train, on_skip=on_skip)
     store = Store(out)
     try:
         run_id = store.start_run(command, dataclasses.asdict(cfg), versions())

@@ -11,8 +11,16 @@ import torch
 from torch import nn
 
 from robustbench_er import registry
-from robustbench_er.defense import (DefendedModel, Defense, HParams, build_model, check_model_output, get_or_train,
-                                    load_checkpoint, load_weights)
+from robustbench_er.defense import (
+    DefendedModel,
+    Defense,
+    HParams,
+    build_model,
+    check_model_output,
+    get_or_train,
+    load_checkpoint,
+    load_weights,
+)
 from robustbench_er.errors import UserInputError
 from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
 

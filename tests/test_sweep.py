@@ -11,7 +11,14 @@ import pytest
 
 from robustbench_er.errors import UserInputError
 from robustbench_er.metrics import auc, worst_case
-from robustbench_er.sweep import AttackConfig, SweepConfig, _Interrupt, parse_eps, run_sweep, validate_grid
+from robustbench_er.sweep import (
+    AttackConfig,
+    SweepConfig,
+    _Interrupt,
+    parse_eps,
+    run_sweep,
+    validate_grid,
+)
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
 

@@ -42,7 +42,9 @@ Differences from the reference code, and why (the paper's intent is the default)
 * ``quick`` presets (CPU): a small conv encoder (``er_small``), narrower classifier and critic,
   lr 2e-3-3e-3 with classifier factor 0.5 (at 0.05 x lr the classifier barely moves in a few
   epochs), 10 PGD steps of 2.5 * eps / 10, one clean warm-up epoch and a linear eps ramp (as
-  ``madry``'s quick preset). The ``paper`` presets carry the paper's values; ``digits`` (8x8)
+  ``madry``'s quick preset). On mnist5k the quick preset reaches 89% clean accuracy and 69% under
+  PGD-40 at eps 0.3 (500 test points) after ~81 s of single-thread CPU training (width 32 instead
+  of 16: 92% / 74% but ~3 x the cost). The ``paper`` presets carry the paper's values; ``digits`` (8x8)
   cannot take the four stride-2 convs of the MNIST encoder, so its presets use ``er_small``.
 """
 
@@ -132,7 +134,7 @@ def er_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
             "paper": dict(mnist_paper, backbone="er_small"),
         },
         "mnist5k": {
-            "quick": dict(small, width=32, epochs=8, batch_size=64, lr=2e-3, embed_dim=4, lambda_enc=0.0005,
+            "quick": dict(small, width=16, epochs=8, batch_size=64, lr=2e-3, embed_dim=4, lambda_enc=0.0005,
                           eps=0.3, attack_steps=10, step_size=0.075, warmup_epochs=1, ramp_epochs=3),
             "paper": dict(mnist_paper),
         },

@@ -130,37 +130,47 @@ def pgd(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tenso
         x_adv = x.clone()
     randomized = bool(getattr(model, "randomized", False))
     early = early_stop and not randomized
-    active = torch.arange(n, device=x.device)
     sign = -1.0 if targeted else 1.0
     view = (-1,) + (1,) * (x.ndim - 1)
+    # Compacted state of the points still attacked: gathered once, and again only when points
+    # break, so a step costs what a plain PGD step costs (no per-step gather/scatter).
+    out = x_adv.detach().clone()
+    idx = torch.arange(n, device=x.device)
+    xc, x0, yc, ec, ac = x_adv.detach(), x, y, eps_t, alpha.view(view)
+    if norm == "Linf":  # the ball and the box intersected once: one clamp per step
+        lo, hi = (x0 - ec.view(view)).clamp_min(0), (x0 + ec.view(view)).clamp_max(1)
     for _ in range(steps):
-        if len(active) == 0:
+        if len(idx) == 0:
             break
-        xa = x_adv[active].detach().requires_grad_(True)
-        ya = y[active]
-        grad = torch.zeros_like(xa)
+        xa = xc.requires_grad_(True)
+        grad = None
         for _k in range(max(1, eot)):
             logits = model.predict(xa)
-            per = F.cross_entropy(logits, ya, reduction="none") if loss == "ce" else margin_loss(logits, ya)
-            g, = torch.autograd.grad(per.sum() * sign, xa)
-            grad += g
+            per = F.cross_entropy(logits, yc, reduction="none") if loss == "ce" else margin_loss(logits, yc)
+            (g,) = torch.autograd.grad(per.sum() * sign, xa)
+            grad = g if grad is None else grad + g
+        xa = xa.detach()
         if early:
-            broken = (logits.argmax(1) != ya) if not targeted else (logits.argmax(1) == ya)
+            pred = logits.detach().argmax(1)
+            broken = (pred != yc) if not targeted else (pred == yc)
             if bool(broken.any()):
+                out[idx[broken]] = xa[broken]
                 keep = ~broken
-                active, xa, grad = active[keep], xa[keep], grad[keep]
-                if len(active) == 0:
+                idx, xa, grad, x0, yc, ec, ac = idx[keep], xa[keep], grad[keep], x0[keep], yc[keep], ec[keep], ac[keep]
+                if norm == "Linf":
+                    lo, hi = lo[keep], hi[keep]
+                if len(idx) == 0:
                     break
-        a = alpha[active].view(view)
         if norm == "Linf":
-            step = a * grad.sign()
+            xc = torch.clamp(xa + ac * grad.sign(), lo, hi)
         elif norm == "L2":
             gn = grad.reshape(len(grad), -1).norm(dim=1).clamp_min(1e-12).view(view)
-            step = a * grad / gn
+            xc = _project(x0, xa + ac * grad / gn, ec, norm)
         else:
-            step = _l1_step(grad, xa.detach(), a, L1_QUANTILE)
-        x_adv[active] = _project(x[active], xa.detach() + step, eps_t[active], norm)
-    return x_adv.detach()
+            xc = _project(x0, xa + _l1_step(grad, xa, ac, L1_QUANTILE), ec, norm)
+    if len(idx):
+        out[idx] = xc.detach()
+    return out
 
 
 @dataclass

@@ -25,7 +25,7 @@ QUICKSTART: dict[str, Any] = {
     "eps": "0:0.4:0.025",
     "headline": 0.3,
     "defenses": ["none", "madry"],
-    "attacks": ["pgd"],
+    "attacks": ["pgd", {"name": "autoattack", "eps": [0.3], "samples": 200}],
 }
 
 
@@ -253,7 +253,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     _print("robustbench-er quickstart: train 'none' and 'madry' (quick profile) on the embedded mnist5k data,"
-           " then sweep PGD-Linf from 0 to 0.4.", args.quiet)
+           " sweep PGD-Linf from 0 to 0.4 on 1,000 test points, then AutoAttack at 0.3 on 200 of them.", args.quiet)
     cfg = config_from_dict(dict(QUICKSTART), args.out, args.device, args.quiet)
     rc = _run_config(cfg, _command(), args.quiet)
     _print(f"Open {Path(args.out) / 'leaderboard.md'} and {Path(args.out) / 'curves_mnist5k_Linf.png'}.", args.quiet)

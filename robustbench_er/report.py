@@ -114,6 +114,8 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
         for label, v in aucs.items():
             if label != WORST:
                 row[f"auc[{label}]"] = v
+        for label, k in ns.items():
+            row[f"n[{label}]"] = k
         row["eot_n"] = eot_n
         row["flags"] = ";".join(sorted(cell_flags))
         row["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items()))
@@ -143,6 +145,14 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _with_n(part: pd.DataFrame, label: str) -> str:
+    """``label (n=200)`` when an attack ran on fewer points than the row's worst case."""
+    k = part.get(f"n[{label}]")
+    if k is not None and k.notna().all() and (k.astype(int) != part["n"].astype(int)).all():
+        return f"{label} (n={int(k.iloc[0])})"
+    return label
+
+
 def _fmt_auc(v: Any) -> str:
     return "–" if _isnan(v) else f"{float(v):.3f}"
 
@@ -157,7 +167,7 @@ def leaderboard_markdown(board: pd.DataFrame, prov: dict[str, Any]) -> str:
         auc_cols = [c for c in part.columns if c.startswith("auc[") and part[c].notna().any()]
         head = ["defense", "clean", f"robust @ {part['headline_label'].iloc[0]}", "AUC"]
         adbd_cols = [c for c in part.columns if c.startswith("adbd[") and part[c].notna().any()]
-        head += [c[len("robust_acc["):-1] for c in attack_cols] + [f"AUC {c[4:-1]}" for c in auc_cols]
+        head += [_with_n(part, c[len("robust_acc["):-1]) for c in attack_cols] + [f"AUC {c[4:-1]}" for c in auc_cols]
         head += [f"ADBD {c[5:-1]}" for c in adbd_cols] + ["n", "flags"]
         lines += [f"## {dataset}, {norm}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for _, r in part.iterrows():

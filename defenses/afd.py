@@ -52,7 +52,7 @@ from torch import nn
 import defenses.madry as _madry
 from defenses.er_classifier import eps_fraction
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit
+from robustbench_er.defense import AdversarialHParams, DefendedModel, Defense, fit
 from robustbench_er.errors import UserInputError
 from robustbench_er.models import build_backbone
 from robustbench_er.models.afd import AFDNet
@@ -62,7 +62,7 @@ DA_LOSSES = ("softplus", "wgan")
 
 
 @dataclass
-class AFDHParams(HParams):
+class AFDHParams(AdversarialHParams):
     backbone: str = "resnet5"
     epochs: int = 300
     batch_size: int = 50
@@ -81,27 +81,15 @@ class AFDHParams(HParams):
     #: epochs after which every lr is divided by 10 (0 = never)
     lr_decay1: int = 0
     lr_decay2: int = 0
-    eps: float = 0.3
-    attack_steps: int = 40
-    step_size: float = 0.01
-    #: clean epochs before adversarial training starts (0 in the paper)
-    warmup_epochs: int = 0
-    #: epochs over which eps grows linearly to ``eps`` after the warm-up (0 = none, the paper)
-    ramp_epochs: int = 0
 
     def validate(self) -> None:
+        super().validate()
         if self.da_loss not in DA_LOSSES:
             raise UserInputError(f"Unknown da_loss {self.da_loss!r}; use one of {', '.join(DA_LOSSES)}.")
-        if not 0 <= self.eps <= 1:
-            raise UserInputError(f"Training eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
-        if self.attack_steps < 1:
-            raise UserInputError(f"Training PGD needs at least one step; got {self.attack_steps}.")
         if min(self.lr, self.lr_e, self.lr_da) <= 0:
             raise UserInputError("lr, lr_e and lr_da must be positive.")
         if self.da_hidden < 1:
             raise UserInputError(f"da_hidden must be at least 1; got {self.da_hidden}.")
-        if self.warmup_epochs < 0 or self.ramp_epochs < 0:
-            raise UserInputError("warmup_epochs and ramp_epochs must be non-negative.")
 
 
 def afd_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:

@@ -60,7 +60,14 @@ from torch import nn
 
 import defenses.madry as _madry
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit, make_optimizer
+from robustbench_er.defense import (
+    AdversarialHParams,
+    DefendedModel,
+    Defense,
+    HParams,
+    fit,
+    make_optimizer,
+)
 from robustbench_er.errors import UserInputError
 from robustbench_er.models.er import ENCODERS, ERNet, build_er_net, check_prior, sample_prior
 from robustbench_er.registry import register_defense
@@ -69,7 +76,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class ERHParams(HParams):
+class ERHParams(AdversarialHParams):
     backbone: str = "er_mnist"
     epochs: int = 30
     batch_size: int = 100
@@ -95,30 +102,18 @@ class ERHParams(HParams):
     clip: float = 0.01
     #: min-max training on PGD adversarial batches
     min_max: bool = True
-    eps: float = 0.3
-    attack_steps: int = 40
-    step_size: float = 0.01
-    #: clean epochs before adversarial training starts (0 in the paper)
-    warmup_epochs: int = 0
-    #: epochs over which eps grows linearly to ``eps`` after the warm-up (0 = none, the paper)
-    ramp_epochs: int = 0
 
     def validate(self) -> None:
+        super().validate()
         if self.embed_dim < 1:
             raise UserInputError(f"embed_dim must be at least 1; got {self.embed_dim}.")
         check_prior(self.prior)
         if self.backbone not in ENCODERS:
             raise UserInputError(f"Unknown ER encoder {self.backbone!r}; known: {', '.join(ENCODERS)}.")
-        if not 0 <= self.eps <= 1:
-            raise UserInputError(f"Training eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
-        if self.attack_steps < 1:
-            raise UserInputError(f"Training PGD needs at least one step; got {self.attack_steps}.")
         if self.clip <= 0:
             raise UserInputError(f"The critic's clipping bound must be positive; got {self.clip}.")
         if min(self.lr, self.d_lr_factor, self.c_lr_factor) <= 0:
             raise UserInputError("lr, d_lr_factor and c_lr_factor must be positive.")
-        if self.warmup_epochs < 0 or self.ramp_epochs < 0:
-            raise UserInputError("warmup_epochs and ramp_epochs must be non-negative.")
 
 
 def er_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -163,10 +158,8 @@ def er_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def eps_fraction(hp: Any, epoch: int) -> float:
-    """Share of ``eps`` used at ``epoch`` (0 during the clean warm-up, then a linear ramp)."""
-    if epoch < hp.warmup_epochs:
-        return 0.0
-    return min(1.0, (epoch - hp.warmup_epochs + 1) / hp.ramp_epochs) if hp.ramp_epochs else 1.0
+    """Share of ``eps`` used at ``epoch`` (see :meth:`AdversarialHParams.eps_fraction`)."""
+    return float(hp.eps_fraction(epoch))
 
 
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -27,27 +27,14 @@ from torch import nn
 from attacks.pgd import pgd
 from defenses.none import build_from_backbone
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit, make_optimizer
-from robustbench_er.errors import UserInputError
+from robustbench_er.defense import AdversarialHParams, DefendedModel, Defense, fit, make_optimizer
 from robustbench_er.registry import register_defense
 
 
 @dataclass
-class MadryHParams(HParams):
-    eps: float = 0.3
-    attack_steps: int = 40
-    step_size: float = 0.01
-    #: epochs of clean training before adversarial training starts (0 in the paper)
-    warmup_epochs: int = 0
-    #: epochs over which eps grows linearly from 0 to ``eps`` after the warm-up (0 = none,
-    #: the paper's setting); the quick presets use it so a small net trained briefly still learns
-    ramp_epochs: int = 0
+class MadryHParams(AdversarialHParams):
+    """eps, attack_steps, step_size, warmup_epochs, ramp_epochs: see AdversarialHParams."""
 
-    def validate(self) -> None:
-        if not 0 <= self.eps <= 1:
-            raise UserInputError(f"Madry training eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
-        if self.attack_steps < 1:
-            raise UserInputError("Madry training needs at least one attack step.")
 
 
 def adversarial_batch(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -92,8 +79,8 @@ class Madry(Defense):
         opt = make_optimizer(model.parameters(), hp)
 
         def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
-            if epoch >= hp.warmup_epochs:
-                frac = min(1.0, (epoch - hp.warmup_epochs + 1) / hp.ramp_epochs) if hp.ramp_epochs else 1.0
+            frac = hp.eps_fraction(epoch)
+            if frac > 0:
                 x = adversarial_batch(model, x, y, hp.eps * frac, hp.attack_steps, hp.step_size * frac)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()

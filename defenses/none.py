@@ -52,13 +52,18 @@ class NoDefense(Defense):
         return build_from_backbone(spec, hp)
 
     def train(self, model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool = True) -> dict[str, Any]:
-        opt = make_optimizer(model.parameters(), hp)
+        return train_clean(model, data, hp, seed, progress, desc="train none")
 
-        def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return {"ce": loss.item()}
 
-        return fit(model, data, hp, seed, progress, step, desc="train none")
+def train_clean(model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool, desc: str) -> dict[str, Any]:
+    """Cross-entropy training on clean batches (also RSE's training: its noise is in the net)."""
+    opt = make_optimizer(model.parameters(), hp)
+
+    def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return {"ce": loss.item()}
+
+    return fit(model, data, hp, seed, progress, step, desc=desc)

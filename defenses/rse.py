@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit, make_optimizer
+from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.errors import UserInputError
 from robustbench_er.models.rse_net import RSE_BACKBONES, build_rse_net
 from robustbench_er.registry import register_defense
@@ -121,13 +121,6 @@ class RSE(Defense):
                              init_std=init if len(init) > 1 else init[0], inner_std=hp.inner_std)
 
     def train(self, model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool = True) -> dict[str, Any]:
-        opt = make_optimizer(model.parameters(), hp)
+        from defenses.none import train_clean
 
-        def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            return {"ce": loss.item()}
-
-        return fit(model, data, hp, seed, progress, step, desc="train rse")
+        return train_clean(model, data, hp, seed, progress, desc="train rse")

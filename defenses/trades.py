@@ -46,7 +46,13 @@ from torch import nn
 
 from defenses.none import build_from_backbone
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit, make_optimizer
+from robustbench_er.defense import (
+    AdversarialHParams,
+    DefendedModel,
+    Defense,
+    fit,
+    make_optimizer,
+)
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_defense
 
@@ -87,28 +93,14 @@ def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.T
 
 
 @dataclass
-class TradesHParams(HParams):
+class TradesHParams(AdversarialHParams):
     #: weight of the KL (robustness) term, 1 / lambda in the paper
     beta: float = 1.0
-    eps: float = 0.3
-    attack_steps: int = 40
-    step_size: float = 0.01
-    #: clean epochs (beta = 0, no attack) before TRADES starts (0 in the paper)
-    warmup_epochs: int = 0
-    #: epochs over which eps grows linearly to ``eps`` after the warm-up (0 = none, the paper)
-    ramp_epochs: int = 0
 
     def validate(self) -> None:
-        if not 0 <= self.eps <= 1:
-            raise UserInputError(f"TRADES eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
+        super().validate()
         if self.beta < 0:
             raise UserInputError(f"TRADES beta must be non-negative; got {self.beta}.")
-        if self.attack_steps < 1:
-            raise UserInputError(f"TRADES needs at least one attack step; got {self.attack_steps}.")
-        if self.step_size <= 0:
-            raise UserInputError(f"TRADES step_size must be positive; got {self.step_size}.")
-        if self.warmup_epochs < 0 or self.ramp_epochs < 0:
-            raise UserInputError("TRADES warmup_epochs and ramp_epochs must be non-negative.")
 
 
 _MNIST_PAPER = dict(backbone="small_cnn", epochs=100, batch_size=128, lr=0.01, momentum=0.9,

@@ -56,6 +56,40 @@ class HParams:
     train_samples: int = 0
 
 
+@dataclass
+class AdversarialHParams(HParams):
+    """Hyper-parameters of defenses that train on PGD-style examples.
+
+    ``warmup_epochs`` clean epochs, then eps grows linearly to ``eps`` over ``ramp_epochs``
+    (both 0 in the papers; the ``quick`` presets use them so a small net trained for a few
+    epochs on a CPU still learns).
+    """
+
+    eps: float = 0.3
+    attack_steps: int = 40
+    step_size: float = 0.01
+    #: clean epochs before adversarial training starts (0 in the papers)
+    warmup_epochs: int = 0
+    #: epochs over which eps grows linearly to ``eps`` after the warm-up (0 = none, the papers)
+    ramp_epochs: int = 0
+
+    def validate(self) -> None:
+        if not 0 <= self.eps <= 1:
+            raise UserInputError(f"Training eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
+        if self.attack_steps < 1:
+            raise UserInputError(f"Training attacks need at least one step; got {self.attack_steps}.")
+        if self.step_size <= 0:
+            raise UserInputError(f"The training attack's step_size must be positive; got {self.step_size}.")
+        if self.warmup_epochs < 0 or self.ramp_epochs < 0:
+            raise UserInputError("warmup_epochs and ramp_epochs must be non-negative.")
+
+    def eps_fraction(self, epoch: int) -> float:
+        """Share of ``eps`` used at ``epoch``: 0 during the warm-up, then the linear ramp."""
+        if epoch < self.warmup_epochs:
+            return 0.0
+        return min(1.0, (epoch - self.warmup_epochs + 1) / self.ramp_epochs) if self.ramp_epochs else 1.0
+
+
 class DefendedModel(nn.Module):
     """Gives any network the harness's predict interface.
 

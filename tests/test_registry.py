@@ -128,3 +128,15 @@ def test_attack_parameter_errors():
     with pytest.raises(UserInputError, match="Unknown norm"):
         pgd(norm="L7")
     assert isinstance(pgd(norm="linf").params, AttackParams)
+
+
+@pytest.mark.parametrize("group", ["robustbench_er.defenses", "robustbench_er.attacks"])
+def test_every_declared_entry_point_imports_and_registers(group):
+    from importlib.metadata import entry_points
+
+    reg = registry.DEFENSES if group.endswith("defenses") else registry.ATTACKS
+    eps = list(entry_points(group=group))
+    assert len(eps) >= 11
+    for ep in eps:
+        ep.load()  # raises if a declared module is missing or broken
+        assert ep.name in reg, ep.name

@@ -186,19 +186,59 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from robustbench_er.sweep import AttackConfig, SweepConfig, parse_eps
+    from robustbench_er.sweep import SweepConfig, parse_eps
 
     overrides = _parse_sets(args.set)
     defenses = _split(args.defense)
+    checkpoints: dict[str, str] = {}
+    if args.checkpoint:
+        if len(defenses) != 1:
+            raise UserInputError("--checkpoint needs exactly one --defense (the one the checkpoint holds).")
+        checkpoints[defenses[0]] = args.checkpoint
     cfg = SweepConfig(dataset=args.dataset, defenses=defenses,
-                      attacks=[AttackConfig(a) for a in _split(args.attack)], eps=parse_eps(args.eps),
+                      attacks=[parse_attack(a) for a in _split_attacks(args.attack)], eps=parse_eps(args.eps),
                       norm=args.norm, samples=args.samples, profile=args.profile, seed=args.seed,
                       out=Path(args.out), data_dir=args.data_dir, download=args.download, device=args.device,
                       batch_size=args.batch_size, eot=args.eot,
                       headline=parse_eps(args.headline)[0] if args.headline else None,
                       defense_overrides={d: overrides for d in defenses} if overrides else {},
-                      progress=not args.quiet)
+                      checkpoints=checkpoints, progress=not args.quiet)
     return _run_config(cfg, _command(), args.quiet)
+
+
+def _split_attacks(text: str) -> list[str]:
+    """Split ``pgd,cw(confidence=9,steps=100)`` on the commas outside parentheses."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def parse_attack(text: str) -> Any:
+    """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
+    import re
+
+    import yaml
+
+    from robustbench_er.sweep import AttackConfig
+
+    m = re.fullmatch(r"\s*([\w.-]+)\s*(?:\((.*)\))?\s*", text)
+    if not m:
+        raise UserInputError(f"Cannot read the attack {text!r}; use NAME or NAME(key=value,...).")
+    params: dict[str, Any] = {}
+    for item in _split_attacks(m.group(2) or ""):
+        if "=" not in item:
+            raise UserInputError(f"Attack parameter {item!r} in {text!r} must be key=value.")
+        k, v = item.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    return AttackConfig(m.group(1), params, label=text.strip() if params else None)
 
 
 def _command() -> str:
@@ -297,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("sweep", help="run an epsilon sweep")
     data_args(sp)
     sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
-    sp.add_argument("--attack", required=True, help="NAME[,NAME...]")
+    sp.add_argument("--attack", required=True, help="NAME[,NAME...]; parameters as NAME(key=value,...), e.g. 'cw(confidence=9)'")
+    sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder (safetensors + meta.json) instead of training")
     sp.add_argument("--norm", default="Linf")
     sp.add_argument("--eps", required=True, help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")
     sp.add_argument("--samples", type=int, default=500)

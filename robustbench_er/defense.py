@@ -423,6 +423,32 @@ def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
     return meta
 
 
+def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str) -> Trained:
+    """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise UserInputError(f"Checkpoint folder {str(folder)!r} has no meta.json.")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} is not valid JSON.") from exc
+    if meta.get("defense") != cls.name:
+        raise UserInputError(f"Checkpoint {str(folder)!r} holds defense {meta.get('defense')!r}, not {cls.name!r}.")
+    if meta.get("dataset") != data.spec.name:
+        raise UserInputError(
+            f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}; it cannot be evaluated on {data.spec.name!r}."
+        )
+    try:
+        hp = cls.HParams(**meta.get("hparams", {}))
+    except TypeError as exc:
+        raise UserInputError(f"Checkpoint {str(folder)!r} has hyper-parameters {cls.name!r} does not know ({exc}).") from exc
+    defense = cls()
+    model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
+    meta = load_checkpoint(folder, model)
+    model.to(device).eval()
+    return Trained(model, meta, folder, True)
+
+
 @dataclass
 class Trained:
     model: DefendedModel
@@ -447,15 +473,17 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
 
     cls = get_defense(defense_name)
     defense = cls()
+    if checkpoint_dir is not None:
+        return _load_given(cls, data, Path(checkpoint_dir), device)
     hp = cls.hparams(data.spec.name, profile, overrides)
     spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed)
     cid = spec_hash(spec)
-    folder = Path(checkpoint_dir) if checkpoint_dir else Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
+    folder = Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
     torch.manual_seed(seed)
     model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     if (folder / "meta.json").is_file():
         meta = load_checkpoint(folder, model)
-        if meta.get("spec") != json.loads(_canonical(spec)) and checkpoint_dir is None:
+        if meta.get("spec") != json.loads(_canonical(spec)):
             raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
         if meta.get("dataset") != data.spec.name:
             raise UserInputError(
@@ -463,8 +491,6 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
             )
         model.to(device).eval()
         return Trained(model, meta, folder, True)
-    if checkpoint_dir is not None:
-        raise UserInputError(f"Checkpoint folder {str(folder)!r} has no meta.json.")
     if not cls.trainable:
         raise UserInputError(f"Defense {cls.name!r} cannot be trained; give it a checkpoint.")
     model.to(device)

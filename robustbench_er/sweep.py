@@ -85,6 +85,8 @@ class SweepConfig:
     eot: int = 10
     headline: float | None = None
     defense_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: defense name -> a checkpoint folder to evaluate instead of training (safetensors + meta.json)
+    checkpoints: dict[str, str] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -203,7 +205,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
     skipped: list[tuple[str, str, str]] = []
     for d in cfg.defenses:
         trained = get_or_train(d, data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                               overrides=cfg.defense_overrides.get(d), device=device, progress=cfg.progress)
+                               overrides=cfg.defense_overrides.get(d), device=device, progress=cfg.progress,
+                               checkpoint_dir=Path(cfg.checkpoints[d]) if d in cfg.checkpoints else None)
         if on_train:
             on_train(d, trained)
         model = trained.model

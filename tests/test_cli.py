@@ -81,3 +81,28 @@ def test_console_script_runs():
     r = subprocess.run([str(exe), "sweep", "--dataset", "digits", "--defense", "x", "--attack", "pgd", "--eps", "0"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Unknown defense 'x'" in r.stderr
+
+
+def test_attack_parameters_and_checkpoint_flag(tmp_path, capsys, none_digits):
+    from robustbench_er.cli import parse_attack
+
+    a = parse_attack("cw(confidence=9,steps=100)")
+    assert a.name == "cw" and a.params == {"confidence": 9, "steps": 100} and a.display == "cw(confidence=9,steps=100)"
+    base = ["sweep", "--dataset", "digits", "--defense", "none", "--eps", "0:0.2:0.1", "--samples", "40",
+            "--out", str(tmp_path), "--quiet"]
+    assert main(base + ["--attack", "cw(confidence=-1)", "--norm", "L2"]) == 2
+    assert "kappa" in capsys.readouterr().err
+    assert main(base + ["--attack", "pgd(stepz=3)"]) == 2
+    assert "no parameter 'stepz'" in capsys.readouterr().err
+    # a given checkpoint is evaluated as is, and refused on another dataset
+    assert main(base + ["--attack", "pgd(steps=5),fgsm", "--checkpoint", str(none_digits.folder)]) == 0
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "curves.csv")
+    assert set(curves["attack"]) == {"pgd(steps=5)", "fgsm", "worst-case"}
+    assert curves["checkpoint"].iloc[0] == none_digits.meta["id"]
+    capsys.readouterr()
+    wrong = ["sweep", "--dataset", "mnist5k", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1",
+             "--checkpoint", str(none_digits.folder), "--out", str(tmp_path / "w"), "--quiet"]
+    assert main(wrong) == 2
+    assert "trained on 'digits'; it cannot be evaluated on 'mnist5k'" in capsys.readouterr().err

@@ -28,6 +28,7 @@ demo: install
 
 test: install-dev
 	$(BIN)/ruff check robustbench_er defenses attacks tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

@@ -109,7 +109,9 @@ def _gradient_flags(model: Any, x: torch.Tensor, y: torch.Tensor) -> dict[str, s
         loss = F.cross_entropy(model.predict(xg), y, reduction="sum")
         if not loss.requires_grad:
             return {"zero-gradients": "the output does not depend differentiably on the input (no gradient path)"}
-        (g,) = torch.autograd.grad(loss, xg, allow_unused=True)
+        # allow_unused=True gives None for an input the loss does not depend on
+        grads: tuple[torch.Tensor | None, ...] = torch.autograd.grad(loss, xg, allow_unused=True)
+        (g,) = grads
     if g is None:
         return {"zero-gradients": "the output does not depend differentiably on the input (no gradient path)"}
     if not bool(torch.isfinite(g).all()):

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -101,6 +101,10 @@ class DefendedModel(nn.Module):
     majority vote over ``n_passes``); ``differentiable=False`` tells gradient attacks to stay away.
     """
 
+    #: normalisation buffers (registered in ``__init__``), None when no ``mean`` is given
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+
     def __init__(self, net: nn.Module, classes: int, *, mean: tuple[float, ...] = (),
                  std: tuple[float, ...] = (), randomized: bool = False, differentiable: bool = True,
                  output: str = "logits", n_passes: int = 1) -> None:
@@ -117,11 +121,11 @@ class DefendedModel(nn.Module):
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         else:
-            self.mean = None  # type: ignore[assignment]
-            self.std = None  # type: ignore[assignment]
+            self.mean = None
+            self.std = None
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
+        if self.mean is None or self.std is None:
             return x
         return (x - self.mean) / self.std
 
@@ -151,10 +155,10 @@ class DefendedModel(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The network's embedding (``net.embed`` or ``net.features``) for detectors and analyses."""
         z = self.normalize(x)
-        if hasattr(self.net, "embed"):
-            return self.net.embed(z)
-        if hasattr(self.net, "features"):
-            return self.net.features(z)
+        for name in ("embed", "features"):
+            if hasattr(self.net, name):
+                fn = cast(Callable[[torch.Tensor], torch.Tensor], getattr(self.net, name))
+                return fn(z)
         raise UserInputError("This defense exposes no embedding (no embed() or features() on its network).")
 
     @torch.no_grad()

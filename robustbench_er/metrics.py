@@ -24,13 +24,13 @@ def robust_accuracy(clean_correct: np.ndarray, broken_at: np.ndarray, eps: float
     return float(np.mean(clean_correct.astype(bool) & ~broken))
 
 
-def curve(outcomes: pd.DataFrame, grid: Sequence[float]) -> np.ndarray:
+def curve(outcomes: pd.DataFrame, grid: Sequence[float] | np.ndarray) -> np.ndarray:
     cc = outcomes["clean_correct"].to_numpy()
     ba = outcomes["broken_at"].to_numpy(dtype=float)
     return np.array([robust_accuracy(cc, ba, e) for e in grid])
 
 
-def auc(grid: Sequence[float], acc: Sequence[float]) -> float:
+def auc(grid: Sequence[float] | np.ndarray, acc: Sequence[float] | np.ndarray) -> float:
     """Trapezoid area under the curve divided by the grid's width (1.0 = robust everywhere)."""
     g = np.asarray(grid, dtype=float)
     a = np.asarray(acc, dtype=float)

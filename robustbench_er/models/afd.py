@@ -13,6 +13,9 @@ and LeakyReLU slope 0.2. ``forward(x) = Dc(E(x))`` gives logits, ``embed(x) = E(
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,13 +51,19 @@ class AFDNet(nn.Module):
         self.feat_dim = fc.in_features
         self.da = ProjectionDiscriminator(self.feat_dim, classes, da_hidden) if with_da else None
 
+    @property
+    def _dc(self) -> nn.Module:
+        """The backbone's ``fc`` (checked to be an ``nn.Linear`` at construction)."""
+        return cast(nn.Module, self.backbone.fc)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.features(x)
+        features = cast(Callable[[torch.Tensor], torch.Tensor], self.backbone.features)
+        return features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.fc(self.embed(x))
+        return self._dc(self.embed(x))
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """Parameters of E (the backbone without its ``fc``)."""
-        fc_ids = {id(p) for p in self.backbone.fc.parameters()}
+        fc_ids = {id(p) for p in self._dc.parameters()}
         return [p for p in self.backbone.parameters() if id(p) not in fc_ids]

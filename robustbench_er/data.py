@@ -16,8 +16,9 @@ Local folders (``--data-dir``; download only with ``--download``): ``mnist``, ``
 :mod:`robustbench_er.data_folders`.
 
 Sample ids: the evaluation subset of size n is the first n entries of a fixed permutation of
-the test split (seed 0), so ``--samples 200`` is always the same 200 points and a prefix of
-``--samples 500``.
+the test split (seed 0), so ``--samples 200`` is always the same 200 points and a random
+subset of ``--samples 500`` (an attack run on fewer points, e.g. ``samples: 100`` in an
+experiment file, takes such a prefix).
 """
 
 from __future__ import annotations
@@ -64,7 +65,12 @@ class Dataset:
                 raise UserInputError(f"The {what} labels of {self.spec.name} must be a 1-D int64 tensor.")
 
     def sample_ids(self, n: int | None) -> np.ndarray:
-        """The fixed evaluation subset: first ``n`` of a seeded permutation of the test split."""
+        """The fixed evaluation subset: the first ``n`` of a seeded permutation of the test split.
+
+        Returned in permutation order, so every prefix is itself a random subset (test splits
+        are often stored by class: the smallest indices would be one class). Sort a subset
+        before processing it if the order matters.
+        """
         total = len(self.y_test)
         if n is None:
             n = total
@@ -73,7 +79,7 @@ class Dataset:
                 f"--samples must be between 1 and the test split size of {self.spec.name} ({total}); got {n}."
             )
         perm = np.random.default_rng(0).permutation(total)
-        return np.sort(perm[:n])
+        return perm[:n]
 
 
 def check_images(x: torch.Tensor, spec: DatasetSpec, what: str = "images") -> None:

@@ -224,7 +224,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                 log.warning("skipping %s x %s: %s", d, a.display, exc)
                 continue
             cgrid = a.eps if a.eps is not None else grid
-            cids = ids[: a.samples] if a.samples else ids
+            # a random prefix of the fixed permutation, processed in index order
+            cids = np.sort(ids[: a.samples] if a.samples else ids)
             spec = {"dataset": data.spec.name, "checkpoint": trained.meta.get("id"), "defense": get_defense(d).name,
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),

@@ -159,3 +159,15 @@ def test_bad_inputs_change_nothing(tmp_path):
         with pytest.raises(UserInputError, match=msg):
             run_sweep(_cfg(tmp_path, **kw))
     assert not (tmp_path / "store.sqlite").exists()
+
+
+def test_attack_subsets_are_random_not_the_first_class():
+    from robustbench_er.data import load_dataset
+
+    data = load_dataset("mnist5k")
+    ids = data.sample_ids(1000)
+    assert sorted(ids.tolist()) == list(range(1000))  # the whole test split
+    labels = data.y_test[ids[:100]]
+    # the test split is stored by class; a prefix of the permutation must still cover them all
+    assert len(set(labels.tolist())) == 10 and int(labels.bincount().max()) < 25
+    assert (data.sample_ids(200)[:100] == ids[:100]).all()

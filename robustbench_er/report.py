@@ -61,6 +61,7 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
         cell_flags: dict[str, str] = {}
         aucs: dict[str, float] = {}
         ns: dict[str, int] = {}
+        label_cell: dict[str, str] = {}
         hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
         target = headline if headline is not None else hl_default
         hl = _snap(union, target)
@@ -71,6 +72,9 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
             grid = json.loads(r.grid) if r.kind == "fixed" else union
             acc = curve(out, grid)
             label = r.attack_label
+            if label in per_attack:  # the same attack run twice (other samples or settings): keep both apart
+                label = f"{label}#{r.cell_id[:6]}"
+            label_cell[label] = r.cell_id
             per_attack[label] = (grid, acc)
             ns[label] = len(out)
             access[label] = specs[r.cell_id].get("access", "gradient")
@@ -105,7 +109,7 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
                 if abs(e - hl) < 1e-9:
                     val = float(a)
             if kinds[label] == "min":
-                out = by_cell[group[group["attack_label"] == label].iloc[0]["cell_id"]]
+                out = by_cell[label_cell[label]]
                 val = float(curve(out, [hl])[0])
                 # average distance to the decision boundary over the points it broke (ADBD for RayS)
                 ok = out["clean_correct"].astype(bool)

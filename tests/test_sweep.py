@@ -171,3 +171,13 @@ def test_attack_subsets_are_random_not_the_first_class():
     # the test split is stored by class; a prefix of the permutation must still cover them all
     assert len(set(labels.tolist())) == 10 and int(labels.bincount().max()) < 25
     assert (data.sample_ids(200)[:100] == ids[:100]).all()
+
+
+def test_same_attack_twice_in_one_store_is_kept_apart(tmp_path):
+    out = tmp_path / "twice"
+    run_sweep(_cfg(out, attacks=[AttackConfig("fgsm")], samples=60))
+    run_sweep(_cfg(out, attacks=[AttackConfig("fgsm")], samples=80))
+    curves = pd.read_csv(out / "curves.csv")
+    labels = set(curves["attack"])
+    assert "fgsm" in labels and any(lab.startswith("fgsm#") for lab in labels)
+    assert len(curves[curves.attack == "fgsm"]) == len(GRID)

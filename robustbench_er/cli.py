@@ -281,7 +281,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserInputError(f"No results store in {str(out)!r}; run a sweep with --out {args.out} first.")
     store = Store(out)
     try:
-        paths = write_reports(store, out, headline=float(args.headline) if args.headline else None)
+        paths = write_reports(store, out, headline=_headline_arg(args.headline))
     finally:
         store.close()
     if not paths:
@@ -289,6 +289,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     for p in paths.values():
         print(p)
     return 0
+
+
+def _headline_arg(text: str | None) -> Any:
+    """``0.3`` (every norm) or ``Linf=0.3,L2=2`` (per norm) -> what write_reports takes."""
+    from robustbench_er.attack import canonical_norm
+    from robustbench_er.sweep import parse_eps
+
+    if not text:
+        return None
+    if "=" not in text:
+        return parse_eps(text)[0]
+    out = {}
+    for item in text.split(","):
+        k, _, v = item.partition("=")
+        out[canonical_norm(k)] = parse_eps(v)[0]
+    return out
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -355,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("report", help="rewrite the reports from a results store")
     sp.add_argument("--out", default="results")
-    sp.add_argument("--headline", default=None)
+    sp.add_argument("--headline", default=None, help="headline eps: 0.3 for every norm, or Linf=0.3,L2=2")
     sp.add_argument("--quiet", action="store_true")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.add_argument("--plugin", action="append")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_er.checks import cross_attack_flags
+from robustbench_er.errors import UserInputError
 from robustbench_er.metrics import auc, curve, pretty_eps, worst_case
 from robustbench_er.store import Store
 
@@ -36,10 +37,39 @@ def _snap(grid: list[float], target: float | None) -> float:
     return below[-1] if below else pos[0]
 
 
-def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (curves, leaderboard) DataFrames from everything finished in the store."""
+Headline = float | dict[str, float] | None
+
+
+def _headline_for(headline: Headline, norm: str) -> float | None:
+    if isinstance(headline, dict):
+        return headline.get(norm)
+    return headline
+
+
+def _headlines_from_runs(store: Store) -> dict[str, float]:
+    """The last headline each norm's sweeps asked for (kept in the runs table)."""
+    from robustbench_er.attack import canonical_norm
+
+    out: dict[str, float] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            d = json.loads(cfg)
+            if d.get("headline") is not None:
+                out[canonical_norm(str(d.get("norm", "Linf")))] = float(d["headline"])
+        except (ValueError, TypeError, UserInputError):
+            continue
+    return out
+
+
+def build_tables(store: Store, headline: Headline = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (curves, leaderboard) DataFrames from everything finished in the store.
+
+    ``headline`` is one epsilon for every norm, or a dict per norm; where it gives none, the
+    dataset's default headline for that norm is used (snapped to the grid).
+    """
     cells = store.cells_frame()
     cells = cells[cells["status"] == "done"]
+    remembered = _headlines_from_runs(store)
     outcomes = store.outcomes_frame()
     flags = store.flags_frame()
     curve_rows: list[dict[str, Any]] = []
@@ -63,7 +93,10 @@ def build_tables(store: Store, headline: float | None = None) -> tuple[pd.DataFr
         ns: dict[str, int] = {}
         label_cell: dict[str, str] = {}
         hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
-        target = headline if headline is not None else hl_default
+        asked = _headline_for(headline, norm)
+        if asked is None:
+            asked = remembered.get(norm)
+        target = asked if asked is not None else hl_default
         hl = _snap(union, target)
         for r in group.itertuples():
             out = by_cell.get(r.cell_id)
@@ -288,7 +321,7 @@ def plot_auc(board: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def write_reports(store: Store, out: Path, headline: float | None = None) -> dict[str, Path]:
+def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[str, Path]:
     """Write every report file under ``out``; return their paths by kind."""
     out = Path(out)
     curves, board = build_tables(store, headline)

@@ -350,7 +350,7 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
             if on_cell:
                 on_cell(s)
         store.finish_run(run_id)
-        write_reports(store, out, headline=cfg.headline)
+        write_reports(store, out, headline={canonical_norm(cfg.norm): cfg.headline} if cfg.headline is not None else None)
         return summaries
     finally:
         store.close()

@@ -181,3 +181,12 @@ def test_same_attack_twice_in_one_store_is_kept_apart(tmp_path):
     labels = set(curves["attack"])
     assert "fgsm" in labels and any(lab.startswith("fgsm#") for lab in labels)
     assert len(curves[curves.attack == "fgsm"]) == len(GRID)
+
+
+def test_headline_of_one_norm_leaves_the_others_alone(tmp_path):
+    out = tmp_path / "norms"
+    run_sweep(_cfg(out, attacks=[AttackConfig("fgsm")], samples=40, headline=0.2))
+    run_sweep(_cfg(out, attacks=[AttackConfig("fgsm")], samples=40, norm="L2", eps=[0.0, 0.5, 1.0], headline=1.0))
+    board = pd.read_csv(out / "leaderboard.csv").set_index("norm")
+    assert board.loc["L2", "headline_eps"] == 1.0
+    assert board.loc["Linf", "headline_eps"] == 0.2  # what the Linf sweep asked for, not L2's 1.0

@@ -132,7 +132,16 @@ def build_tables(store: Store, headline: Headline = None) -> tuple[pd.DataFrame,
                                    eot_n=eot_n, checkpoint=ckpt))
         if len(union) >= 2:
             aucs[WORST] = auc(union, wacc)
-        cell_flags.update(cross_attack_flags(per_attack, access, kinds))
+        # compare attacks on the samples they all ran on (e.g. PGD on 1,000 vs RayS on 100)
+        common: set[int] | None = None
+        for cid in label_cell.values():
+            ids = set(by_cell[cid]["sample_id"].tolist())
+            common = ids if common is None else common & ids
+        same = {}
+        for label, (grid, _) in per_attack.items():
+            out = by_cell[label_cell[label]]
+            same[label] = (grid, curve(out[out["sample_id"].isin(common or set())], grid))
+        cell_flags.update(cross_attack_flags(same, access, kinds))
         row: dict[str, Any] = dict(dataset=dataset, defense=defense, norm=norm, headline_eps=hl,
                                    headline_label=pretty_eps(hl), n=len(wc), clean_acc=clean,
                                    robust_acc=float(curve(wc, [hl])[0]), auc=aucs.get(WORST, math.nan))
@@ -185,8 +194,11 @@ def _fmt(v: Any) -> str:
 def _with_n(part: pd.DataFrame, label: str) -> str:
     """``label (n=200)`` when an attack ran on fewer points than the row's worst case."""
     k = part.get(f"n[{label}]")
-    if k is not None and k.notna().all() and (k.astype(int) != part["n"].astype(int)).all():
-        return f"{label} (n={int(k.iloc[0])})"
+    if k is None:
+        return label
+    ran = k.notna()
+    if ran.any() and (k[ran].astype(int) != part.loc[ran, "n"].astype(int)).all():
+        return f"{label} (n={int(k[ran].iloc[0])})"
     return label
 
 

@@ -27,6 +27,8 @@ from robustbench_er.store import Store
 
 log = logging.getLogger(__name__)
 WORST = "worst-case"
+#: above this many defenses a curve plot shows only each defense's worst case
+MAX_DETAILED_DEFENSES = 4
 
 
 def _snap(grid: list[float], target: float | None) -> float:
@@ -267,31 +269,40 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
 
     paths = []
     for (dataset, norm), part in curves.groupby(["dataset", "norm"], sort=False):
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
         defenses = list(dict.fromkeys(part["defense"]))
-        colors = plt.get_cmap("tab10")
+        # with many defenses only the worst-case curves are drawn (the CSV has every attack)
+        detailed = len(defenses) <= MAX_DETAILED_DEFENSES
+        fig, ax = plt.subplots(figsize=(7.5 if detailed else 9.5, 4.8))
+        colors = plt.get_cmap("tab10" if len(defenses) <= 10 else "tab20")
         styles = ["--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
         attack_style = {a: styles[j % len(styles)] for j, a in enumerate(dict.fromkeys(a for a in part["attack"] if a != WORST))}
         for i, d in enumerate(defenses):
             sub = part[part["defense"] == d]
+            color = colors(i % colors.N)
             for attack, s in sub.groupby("attack", sort=False):
                 s = s.sort_values("eps")
                 flagged = " ⚠" if s["flags"].iloc[0] else ""
                 if attack == WORST:
-                    ax.plot(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), lw=2.4, marker="o", ms=3,
-                            label=f"{d} (worst case){flagged}")
+                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=2.2, marker="o", ms=3,
+                            label=f"{d}{' (worst case)' if detailed else ''}{flagged}")
+                elif not detailed:
+                    continue
                 elif len(s) > 1:
-                    ax.plot(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), lw=1.1, ls=attack_style[attack], alpha=0.75,
+                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=1.1, ls=attack_style[attack], alpha=0.75,
                             label=f"{d} · {attack}")
                 else:
-                    ax.scatter(s["eps"], 100 * s["robust_acc"], color=colors(i % 10), marker="x", s=40,
+                    ax.scatter(s["eps"], 100 * s["robust_acc"], color=color, marker="x", s=40,
                                label=f"{d} · {attack}")
         ax.set_xlabel(f"epsilon ({norm}, images in [0, 1])")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-        ax.set_title(f"{dataset}: accuracy under attack ({norm})")
-        ax.legend(fontsize=7, loc="upper right", ncol=1 if len(defenses) < 4 else 2)
+        ax.set_title(f"{dataset}: accuracy under attack ({norm})"
+                     + ("" if detailed else ", worst case over attacks per defense"))
+        if detailed:
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         p = out / f"curves_{dataset}_{norm}.png"
         fig.savefig(p, dpi=120)

@@ -50,7 +50,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import defenses.madry as _madry
-from defenses.er_classifier import eps_fraction
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import AdversarialHParams, DefendedModel, Defense, fit
 from robustbench_er.errors import UserInputError
@@ -172,7 +171,7 @@ class AFD(AFDBase):
 
         def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
             set_lrs(schedule, lr_scale(hp, epoch))
-            frac = eps_fraction(hp, epoch)
+            frac = hp.eps_fraction(epoch)
             x_adv = self.adversarial(model, x, y, hp, frac) if frac > 0 else None
             e_clean = net.embed(model.normalize(x))
             ce = F.cross_entropy(net.backbone.fc(e_clean), y)

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from defenses.afd import AFDBase, AFDHParams, afd_presets, lr_scale, make_opt, set_lrs
-from defenses.er_classifier import eps_fraction
 from robustbench_er.data import Dataset
 from robustbench_er.defense import DefendedModel, fit
 from robustbench_er.errors import UserInputError
@@ -56,7 +55,7 @@ class AFDMatching(AFDBase):
 
         def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
             set_lrs([(opt, hp.lr)], lr_scale(hp, epoch))
-            frac = eps_fraction(hp, epoch)
+            frac = hp.eps_fraction(epoch)
             x_adv = self.adversarial(model, x, y, hp, frac) if frac > 0 else None
             e_clean = net.embed(model.normalize(x))
             ce = F.cross_entropy(net.backbone.fc(e_clean), y)

@@ -157,11 +157,6 @@ def er_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return {ds: {prof: dict(v, **changes) for prof, v in per.items()} for ds, per in base.items()}
 
 
-def eps_fraction(hp: Any, epoch: int) -> float:
-    """Share of ``eps`` used at ``epoch`` (see :meth:`AdversarialHParams.eps_fraction`)."""
-    return float(hp.eps_fraction(epoch))
-
-
 def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag exp(logvar)) || N(0, I)), summed over code dimensions, averaged over the batch."""
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)).mean()
@@ -210,7 +205,7 @@ class ERFamily(Defense):
 
         def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
             out: dict[str, float] = {}
-            frac = eps_fraction(hp, epoch) if hp.min_max else 0.0
+            frac = hp.eps_fraction(epoch) if hp.min_max else 0.0
             x_adv = self.adversarial(model, x, y, hp, frac) if frac > 0 else None
             loss, codes = self.classification_loss(model, x, x_adv, y, hp)
             z = codes["z"]

@@ -138,11 +138,11 @@ class Trades(Defense):
         opt = make_optimizer(model.parameters(), hp)
 
         def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
-            if epoch < hp.warmup_epochs:
+            frac = hp.eps_fraction(epoch)
+            if frac == 0:
                 loss = F.cross_entropy(model(x), y)
                 out = {"ce": loss.item()}
             else:
-                frac = min(1.0, (epoch - hp.warmup_epochs + 1) / hp.ramp_epochs) if hp.ramp_epochs else 1.0
                 x_adv = trades_adversarial(model, x, eps=hp.eps * frac, steps=hp.attack_steps,
                                            step_size=hp.step_size * frac)
                 # two forward passes, as the reference (BatchNorm sees clean and adversarial apart)

@@ -407,16 +407,22 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{str(path)!r} is not a valid safetensors file ({exc}).") from exc
 
 
-def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` after checking them against the metadata's hash."""
-    folder = Path(folder)
-    meta_path = folder / "meta.json"
+def read_meta(folder: Path) -> dict[str, Any]:
+    """A checkpoint folder's ``meta.json``, with a clear error when it is missing or broken."""
+    meta_path = Path(folder) / "meta.json"
     if not meta_path.is_file():
         raise UserInputError(f"Checkpoint {str(folder)!r} has no meta.json.")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta: dict[str, Any] = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} is not valid JSON.") from exc
+    return meta
+
+
+def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` after checking them against the metadata's hash."""
+    folder = Path(folder)
+    meta = read_meta(folder)
     state = load_weights(folder / "model.safetensors")
     if _weights_hash(state) != meta.get("weights_sha256"):
         raise UserInputError(f"Checkpoint {str(folder)!r}: the weights do not match the hash in its metadata.")
@@ -429,13 +435,7 @@ def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
 
 def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str) -> Trained:
     """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata."""
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise UserInputError(f"Checkpoint folder {str(folder)!r} has no meta.json.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} is not valid JSON.") from exc
+    meta = read_meta(folder)
     if meta.get("defense") != cls.name:
         raise UserInputError(f"Checkpoint {str(folder)!r} holds defense {meta.get('defense')!r}, not {cls.name!r}.")
     if meta.get("dataset") != data.spec.name:

@@ -88,6 +88,13 @@ class SweepConfig:
     #: defense name -> a checkpoint folder to evaluate instead of training (safetensors + meta.json)
     checkpoints: dict[str, str] = field(default_factory=dict)
     progress: bool = True
+    #: "cascade" (each attack only on the points every earlier one left standing, per eps) or
+    #: "independent" (every attack on every point)
+    mode: str = "cascade"
+    #: how a fixed-epsilon attack walks the grid: "bisect" (per-sample search) or "ascending"
+    search: str = "bisect"
+    #: unit of L2 epsilons: "l2" (plain) or "rms" (L2 / sqrt(number of pixels), as in seed 000/002)
+    l2_unit: str = "l2"
 
 
 def parse_eps(text: str | Sequence[float]) -> list[float]:

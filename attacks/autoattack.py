@@ -86,6 +86,7 @@ class AutoAttackAdapter(Attack):
     kind = "fixed"
     access = "gradient"
     Params = AutoAttackParams
+    leaderboard_field = "autoattack_acc"
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         super().__init__(norm, **params)

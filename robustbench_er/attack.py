@@ -63,6 +63,8 @@ class Attack:
     Params: ClassVar[type[AttackParams]] = AttackParams
     #: a fixed-epsilon attack that accepts ``x_init`` (warm start from the last epsilon)
     warm_start: ClassVar[bool] = False
+    #: the RobustBench model_info field this attack's robust accuracy fills (e.g. ``autoattack_acc``)
+    leaderboard_field: ClassVar[str | None] = None
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         self.norm = canonical_norm(norm)

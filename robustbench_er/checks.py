@@ -151,13 +151,16 @@ def steps_frame(store: Store, cell_id: str) -> pd.DataFrame:
     return store.steps(cell_id)
 
 
-def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], kind: str) -> dict[str, str]:
+def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], kind: str,
+                search: str = "ascending", upstream: pd.DataFrame | None = None) -> dict[str, str]:
     """The curve must not rise with eps, and the per-step counts must match the outcomes.
 
-    For a fixed-epsilon attack the runner attacks, at each eps, exactly the points that survived
-    the previous eps; so ``attacked`` at step i+1 must equal ``attacked - broken`` at step i,
-    and the share still standing after step i must equal the curve read from ``broken_at``.
-    A minimization attack has one step that attacks every clean-correct point.
+    Ascending search: at each eps the runner attacks exactly the points standing there, so
+    ``attacked`` at step i+1 is ``attacked - broken`` at step i (less the points an upstream
+    cascade stage broke in between), and the share still standing after step i equals the curve
+    read from ``broken_at``. Grid search: every round breaks at most what it attacked and, at the
+    end, every clean-correct point's interval is resolved. A minimization attack has one step that
+    attacks every point standing at the smallest positive eps.
     """
     from robustbench_er.metrics import curve
 
@@ -170,18 +173,35 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
         if acc[i] > acc[i - 1] + EXACT:
             return {"curve-rises": f"robust accuracy rises from {acc[i - 1]:.3f} at eps {g[i - 1]:g}"
                                    f" to {acc[i]:.3f} at eps {g[i]:g}"}
-    clean = int(outcomes["clean_correct"].astype(bool).sum())
+    cc = outcomes["clean_correct"].to_numpy().astype(bool)
+    if upstream is not None:
+        up = upstream.set_index("sample_id").loc[outcomes["sample_id"].tolist()]
+        up_ba = np.nan_to_num(up["broken_at"].to_numpy(dtype=float), nan=np.inf)
+    else:
+        up_ba = np.full(n, np.inf)
+    att = steps["attacked"].to_numpy(dtype=int)
+    brk = steps["broken"].to_numpy(dtype=int)
+    if search == "bisect":
+        from robustbench_er.sweep import bisect_state
+
+        if (brk > att).any():
+            return {"curve-rises": "a search round broke more points than it attacked"}
+        lo, hi = bisect_state(outcomes, g)
+        open_ = int((cc & (hi - lo > 1)).sum())
+        if open_:
+            return {"curve-rises": f"the grid search left {open_} points unresolved in a finished cell"}
+        return {}
     expected = len(g) if kind == "fixed" else 1
     if len(steps) != expected:
         return {"curve-rises": f"the store holds {len(steps)} of {expected} attack steps for a finished cell"}
-    att = steps["attacked"].to_numpy(dtype=int)
-    brk = steps["broken"].to_numpy(dtype=int)
-    if att[0] != clean:
-        return {"curve-rises": f"the first step attacked {att[0]} points but {clean} are clean-correct"}
+    first = g[0] if kind == "fixed" else min([e for e in g if e > 0] or g)
+    standing0 = int((cc & (up_ba > first + EXACT)).sum())
+    if att[0] != standing0:
+        return {"curve-rises": f"the first step attacked {att[0]} points but {standing0} were standing"}
     if kind == "fixed":
         for i in range(1, len(att)):
             left = att[i - 1] - brk[i - 1]
-            if att[i] != left:
+            if att[i] > left or (upstream is None and att[i] != left):
                 rises = "rises: " if att[i] > left else ""
                 return {"curve-rises": f"{rises}step {i} (eps {g[i]:g}) attacked {att[i]} points but {left}"
                                        f" survived eps {g[i - 1]:g}"}
@@ -190,8 +210,8 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
             if abs(raw[i] - acc[i]) > EXACT:
                 return {"curve-rises": f"at eps {e:g} the steps leave {raw[i]:.3f} standing but the outcomes"
                                        f" {acc[i]:.3f}"}
-    else:
-        standing = int((outcomes["clean_correct"].astype(bool) & outcomes["broken_at"].isna()).sum())
+    elif upstream is None:
+        standing = int((cc & outcomes["broken_at"].isna().to_numpy()).sum())
         if att[0] - brk[0] != standing:
             return {"curve-rises": f"the attack step left {att[0] - brk[0]} points standing but the outcomes"
                                    f" {standing}"}
@@ -278,7 +298,8 @@ def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
                                   int(getattr(cell.attack.params, "eot", 1))))
     grid = [float(e) for e in cell.grid]
     flags.update(eps0_flags(out, grid))
-    flags.update(curve_flags(out, steps_frame(store, cell.cell_id), grid, cell.attack.kind))
+    upstream = store.outcomes(cell.upstream) if cell.upstream is not None else None
+    flags.update(curve_flags(out, steps_frame(store, cell.cell_id), grid, cell.attack.kind, cell.search, upstream))
     norm = cell.spec["norm"]
     dim = int(np.prod(cell.dataset.spec.shape))
     label = cell.attack_cfg.display

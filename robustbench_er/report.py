@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pandas as pd
 
 from robustbench_er.checks import cross_attack_flags
 from robustbench_er.errors import UserInputError
-from robustbench_er.metrics import auc, curve, pretty_eps, worst_case
+from robustbench_er.metrics import EPS_TOL, auc, curve, pretty_eps, worst_case
 from robustbench_er.store import Store
 
 log = logging.getLogger(__name__)
@@ -56,18 +57,75 @@ def _headlines_from_runs(store: Store) -> dict[str, float]:
     for cfg in store.runs_frame()["config"]:
         try:
             d = json.loads(cfg)
-            if d.get("headline") is not None:
-                out[canonical_norm(str(d.get("norm", "Linf")))] = float(d["headline"])
+            value = d.get("headline_eps", d.get("headline"))  # headline_eps: in the norm's own unit
+            if value is not None:
+                out[canonical_norm(str(d.get("norm", "Linf")))] = float(value)
         except (ValueError, TypeError, UserInputError):
             continue
     return out
 
 
-def build_tables(store: Store, headline: Headline = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Return (curves, leaderboard) DataFrames from everything finished in the store.
+@dataclass
+class Tables:
+    """Everything a report shows, long form: pivot only to render.
+
+    * ``curves``: one row per (group, attack or worst case, eps);
+    * ``attacks``: one row per (group, attack): robust accuracy at the headline eps (after the
+      stage, for a cascade), AUC, ADBD, n, mode and stage;
+    * ``board``: one row per group (dataset, defense checkpoint, norm): clean and worst-case
+      robust accuracy at the headline eps on the points every attack there ran on, AUC, flags.
+    """
+
+    curves: pd.DataFrame
+    attacks: pd.DataFrame
+    board: pd.DataFrame
+
+
+def _covers(kind: str, grid: list[float], eps: float) -> bool:
+    return kind == "min" or any(abs(e - eps) < EPS_TOL for e in grid)
+
+
+def _chains(cell_ids: list[str], specs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Cells grouped into cascade chains (a cell run on its own is a chain of one), in stage order."""
+    nxt = {specs[c].get("upstream"): c for c in cell_ids if specs[c].get("upstream") in specs}
+    heads = [c for c in cell_ids if specs[c].get("upstream") not in specs]
+    chains = []
+    for h in heads:
+        chain = [h]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        chains.append(chain)
+    return chains
+
+
+def _worst_at(eps: float, chains: list[list[str]], info: dict[str, tuple[str, list[float]]],
+              by_cell: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int] | None:
+    """Per-sample worst case at ``eps`` over every attack that ran there, on the points they all ran on.
+
+    Each chain contributes its last stage that ran at ``eps`` (a cascade stage's outcomes include
+    every earlier stage's). Returns (outcomes on the common points, number of chains) or None.
+    """
+    frames = []
+    for chain in chains:
+        last = [c for c in chain if c in by_cell and _covers(info[c][0], info[c][1], eps)]
+        if last:
+            frames.append(by_cell[last[-1]])
+    if not frames:
+        return None
+    common = set(frames[0]["sample_id"])
+    for f in frames[1:]:
+        common &= set(f["sample_id"])
+    frames = [f[f["sample_id"].isin(common)] for f in frames]
+    return worst_case(frames), len(frames)
+
+
+def build_tables(store: Store, headline: Headline = None) -> Tables:
+    """Long-form tables from everything finished in the store.
 
     ``headline`` is one epsilon for every norm, or a dict per norm; where it gives none, the
-    dataset's default headline for that norm is used (snapped to the grid).
+    last one a sweep of that norm asked for, else the dataset's default (snapped to the grid).
+    The headline robust accuracy is the per-sample worst case over every attack that ran at
+    that eps, on the points all of them ran on (never a mix of sample sets).
     """
     cells = store.cells_frame()
     cells = cells[cells["status"] == "done"]
@@ -75,108 +133,132 @@ def build_tables(store: Store, headline: Headline = None) -> tuple[pd.DataFrame,
     outcomes = store.outcomes_frame()
     flags = store.flags_frame()
     curve_rows: list[dict[str, Any]] = []
+    attack_rows: list[dict[str, Any]] = []
     board_rows: list[dict[str, Any]] = []
     if cells.empty:
-        return pd.DataFrame(curve_rows), pd.DataFrame(board_rows)
+        return Tables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     by_cell = {cid: df.drop(columns="cell_id").sort_values("sample_id") for cid, df in outcomes.groupby("cell_id")}
     for (dataset, defense, ckpt, norm), group in cells.groupby(["dataset", "defense", "checkpoint", "norm"], sort=False):
+        ids = [c for c in group["cell_id"] if c in by_cell]
+        if not ids:
+            continue
         specs = {r.cell_id: json.loads(r.spec) for r in group.itertuples()}
         union = sorted({float(e) for r in group.itertuples() for e in json.loads(r.grid)})
-        nmax = int(group["n"].max())
-        main = group[group["n"] == nmax]
-        samples_key = specs[main.iloc[0]["cell_id"]]["samples"]
-        main = main[[specs[c]["samples"] == samples_key for c in main["cell_id"]]]
+        scale = float(next(iter(specs.values())).get("eps_scale") or 1.0)
+        unit = next(iter(specs.values())).get("l2_unit") or ("l2" if norm == "L2" else norm.lower())
+        chains = _chains(ids, specs)
         eot_n = int(group["eot"].max())
-        per_attack: dict[str, tuple[list[float], np.ndarray]] = {}
-        access: dict[str, str] = {}
-        kinds: dict[str, str] = {}
+        rows = {r.cell_id: r for r in group.itertuples()}
+        info = {c: (rows[c].kind, [float(e) for e in json.loads(rows[c].grid)]) for c in ids}
+        labels: dict[str, str] = {}
         cell_flags: dict[str, str] = {}
-        aucs: dict[str, float] = {}
-        ns: dict[str, int] = {}
-        label_cell: dict[str, str] = {}
+
+        def eps_cols(e: float, unit: str = unit, scale: float = scale) -> dict[str, Any]:
+            return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=unit, eps_in_unit=float(e) / scale)
+
+        for chain in chains:
+            cascade = len(chain) > 1
+            for stage, cid in enumerate(chain):
+                r = rows[cid]
+                label = r.attack_label
+                if label in labels.values():  # the same attack run twice (other samples or settings)
+                    label = f"{label}#{cid[:6]}"
+                labels[cid] = label
+                out = by_cell[cid]
+                kind, grid = info[cid]
+                g = grid if kind == "fixed" else union
+                acc = curve(out, g)
+                clean = float(out["clean_correct"].mean())
+                for f in flags[flags["cell_id"] == cid].itertuples():
+                    cell_flags[f.flag] = f.detail
+                for e, a in zip(g, acc):
+                    curve_rows.append(dict(dataset=dataset, defense=defense, attack=label, norm=norm, **eps_cols(e),
+                                           n=len(out), clean_acc=clean, robust_acc=float(a), eot_n=int(r.eot),
+                                           checkpoint=ckpt, mode="cascade" if cascade else "independent",
+                                           stage=stage))
+                ok = out["clean_correct"].astype(bool)
+                own = ok & (out["broken_by"] == r.attack_label) if "broken_by" in out else ok
+                attack_rows.append(dict(
+                    dataset=dataset, defense=defense, checkpoint=ckpt, norm=norm, attack=label,
+                    attack_name=r.attack, kind=kind, access=specs[cid].get("access", "gradient"),
+                    reports_as=specs[cid].get("reports_as"), mode="cascade" if cascade else "independent",
+                    stage=stage, n=len(out), grid=g, acc=acc,
+                    auc=auc(g, acc) if len(g) >= 2 else math.nan,
+                    # mean distance of the examples a minimization attack found itself (ADBD for RayS)
+                    adbd=float(out.loc[own, "broken_at"].mean()) if kind == "min" else math.nan))
+        # worst case per eps of the union grid, on the points every attack there ran on
+        wc_acc, wc_n = [], []
+        for e in union:
+            got = _worst_at(e, chains, info, by_cell)
+            if got is None:
+                wc_acc.append(math.nan)
+                wc_n.append(0)
+                continue
+            wc, _ = got
+            a = float(curve(wc, [e])[0])
+            wc_acc.append(a)
+            wc_n.append(len(wc))
+            curve_rows.append(dict(dataset=dataset, defense=defense, attack=WORST, norm=norm, **eps_cols(e),
+                                   n=len(wc), clean_acc=float(wc["clean_correct"].mean()), robust_acc=a,
+                                   eot_n=eot_n, checkpoint=ckpt, mode="", stage=-1))
         hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
         asked = _headline_for(headline, norm)
         if asked is None:
             asked = remembered.get(norm)
         target = asked if asked is not None else hl_default
         hl = _snap(union, target)
-        for r in group.itertuples():
-            out = by_cell.get(r.cell_id)
-            if out is None:
-                continue
-            grid = json.loads(r.grid) if r.kind == "fixed" else union
-            acc = curve(out, grid)
-            label = r.attack_label
-            if label in per_attack:  # the same attack run twice (other samples or settings): keep both apart
-                label = f"{label}#{r.cell_id[:6]}"
-            label_cell[label] = r.cell_id
-            per_attack[label] = (grid, acc)
-            ns[label] = len(out)
-            access[label] = specs[r.cell_id].get("access", "gradient")
-            kinds[label] = r.kind
-            fl = flags[flags["cell_id"] == r.cell_id]
-            for f in fl.itertuples():
-                cell_flags[f.flag] = f.detail
-            clean = float(out["clean_correct"].mean())
-            if len(grid) >= 2:
-                aucs[label] = auc(grid, acc)
-            for e, a in zip(grid, acc):
-                curve_rows.append(dict(dataset=dataset, defense=defense, attack=label, norm=norm, eps=float(e),
-                                       eps_label=pretty_eps(float(e)), n=len(out), clean_acc=clean,
-                                       robust_acc=float(a), eot_n=int(r.eot), checkpoint=ckpt))
-        main_frames = [by_cell[c] for c in main["cell_id"] if c in by_cell]
-        wc = worst_case(main_frames)
-        wacc = curve(wc, union)
-        clean = float(wc["clean_correct"].mean())
-        for e, a in zip(union, wacc):
-            curve_rows.append(dict(dataset=dataset, defense=defense, attack=WORST, norm=norm, eps=float(e),
-                                   eps_label=pretty_eps(float(e)), n=len(wc), clean_acc=clean, robust_acc=float(a),
-                                   eot_n=eot_n, checkpoint=ckpt))
-        if len(union) >= 2:
-            aucs[WORST] = auc(union, wacc)
-        # compare attacks on the samples they all ran on (e.g. PGD on 1,000 vs RayS on 100)
+        got = _worst_at(hl, chains, info, by_cell)
+        wc, n_chains = got if got is not None else (by_cell[ids[0]], 1)
+        sets = {len(by_cell[c]) for chain in chains for c in chain if _covers(info[c][0], info[c][1], hl)}
+        note = ""
+        if len(sets) > 1:
+            note = (f"worst case on the {len(wc)} points every attack at {pretty_eps(hl)} ran on"
+                    f" (attacks ran on {', '.join(str(k) for k in sorted(sets, reverse=True))} points)")
+        for row in attack_rows:
+            if row["dataset"] == dataset and row["defense"] == defense and row["checkpoint"] == ckpt and row["norm"] == norm:
+                row["robust_acc"] = next((float(a) for e, a in zip(row["grid"], row["acc"]) if abs(e - hl) < EPS_TOL),
+                                         math.nan)
+        board_rows.append(dict(
+            dataset=dataset, defense=defense, norm=norm, headline_eps=hl, headline_label=pretty_eps(hl),
+            eps_unit=unit, headline_in_unit=hl / scale, n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
+            robust_acc=float(curve(wc, [hl])[0]), auc=auc(union, wc_acc) if len(union) >= 2 else math.nan,
+            attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
+            flags=";".join(sorted(cell_flags)),
+            flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=ckpt))
+        group_attacks = [r for r in attack_rows if r["dataset"] == dataset and r["defense"] == defense
+                         and r["checkpoint"] == ckpt and r["norm"] == norm]
+        heads = {labels[c[0]] for c in chains}
+        same: dict[str, tuple[list[float], np.ndarray]] = {}
         common: set[int] | None = None
-        for cid in label_cell.values():
-            ids = set(by_cell[cid]["sample_id"].tolist())
-            common = ids if common is None else common & ids
-        same = {}
-        for label, (grid, _) in per_attack.items():
-            out = by_cell[label_cell[label]]
-            same[label] = (grid, curve(out[out["sample_id"].isin(common or set())], grid))
-        cell_flags.update(cross_attack_flags(same, access, kinds))
-        row: dict[str, Any] = dict(dataset=dataset, defense=defense, norm=norm, headline_eps=hl,
-                                   headline_label=pretty_eps(hl), n=len(wc), clean_acc=clean,
-                                   robust_acc=float(curve(wc, [hl])[0]), auc=aucs.get(WORST, math.nan))
-        for label, (grid, acc) in per_attack.items():
-            val = math.nan
-            for e, a in zip(grid, acc):
-                if abs(e - hl) < 1e-9:
-                    val = float(a)
-            if kinds[label] == "min":
-                out = by_cell[label_cell[label]]
-                val = float(curve(out, [hl])[0])
-                # average distance to the decision boundary over the points it broke (ADBD for RayS)
-                ok = out["clean_correct"].astype(bool)
-                row[f"adbd[{label}]"] = float(out.loc[ok, "broken_at"].mean())
-            row[f"robust_acc[{label}]"] = val
-        for label, v in aucs.items():
-            if label != WORST:
-                row[f"auc[{label}]"] = v
-        for label, k in ns.items():
-            row[f"n[{label}]"] = k
-        row["eot_n"] = eot_n
-        row["flags"] = ";".join(sorted(cell_flags))
-        row["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items()))
-        row["checkpoint"] = ckpt
-        board_rows.append(row)
+        for chain in chains:
+            ids_c = set(by_cell[chain[0]]["sample_id"].tolist())
+            common = ids_c if common is None else common & ids_c
+        for r in group_attacks:
+            if r["attack"] in heads:  # an attack's own curve: a cascade's later stages are cumulative
+                cid = next(c for c, lab in labels.items() if lab == r["attack"])
+                out = by_cell[cid]
+                same[r["attack"]] = (r["grid"], curve(out[out["sample_id"].isin(common or set())], r["grid"]))
+        new = cross_attack_flags(same, {r["attack"]: r["access"] for r in group_attacks},
+                                 {r["attack"]: r["kind"] for r in group_attacks})
+        if new:
+            b = board_rows[-1]
+            merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}
+            b["flags"] = ";".join(sorted(merged))
+            b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(merged.items()))
     curves = pd.DataFrame(curve_rows)
+    attacks = pd.DataFrame(attack_rows).drop(columns=["grid", "acc"]) if attack_rows else pd.DataFrame()
     board = pd.DataFrame(board_rows)
     if not board.empty:
         board = board.sort_values(["dataset", "norm", "robust_acc"], ascending=[True, True, False], kind="stable")
     if not curves.empty:
         flag_map = {(r["dataset"], r["checkpoint"], r["norm"]): r["flags"] for _, r in board.iterrows()}
         curves["flags"] = [flag_map.get((d, c, n), "") for d, c, n in zip(curves["dataset"], curves["checkpoint"], curves["norm"])]
-    return curves, board
+    return Tables(curves, attacks, board)
+
+
+def _column(r: pd.Series) -> str:
+    """How an attack is headed in a table: ``after pgd`` for a cascade stage, else its label."""
+    return f"after {r['attack']}" if r["mode"] == "cascade" else str(r["attack"])
 
 
 def _provenance(store: Store) -> dict[str, Any]:
@@ -193,59 +275,78 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _with_n(part: pd.DataFrame, label: str) -> str:
-    """``label (n=200)`` when an attack ran on fewer points than the row's worst case."""
-    k = part.get(f"n[{label}]")
-    if k is None:
-        return label
-    ran = k.notna()
-    if ran.any() and (k[ran].astype(int) != part.loc[ran, "n"].astype(int)).all():
-        return f"{label} (n={int(k[ran].iloc[0])})"
-    return label
-
-
 def _fmt_auc(v: Any) -> str:
     return "–" if _isnan(v) else f"{float(v):.3f}"
 
 
-def leaderboard_markdown(board: pd.DataFrame, prov: dict[str, Any]) -> str:
+def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
+    a = t.attacks
+    if a.empty:
+        return a
+    return a[(a["dataset"] == r["dataset"]) & (a["defense"] == r["defense"]) & (a["checkpoint"] == r["checkpoint"])
+             & (a["norm"] == r["norm"])]
+
+
+def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
+    board = t.board
     lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "",
-             "Accuracies in %, on the evaluated test points; robust accuracy = worst case over the attacks run"
-             " at the headline epsilon; AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
+             "Accuracies in %, on the evaluated test points. Robust accuracy = per-sample worst case over every"
+             " attack that ran at the headline epsilon, on the points all of them ran on (n). In a cascade each"
+             " attack runs only on the points the earlier ones left standing, so `after X` is the robust accuracy"
+             " once X has run. AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
              " ADBD = mean distance of the adversarial examples a minimization attack found.", ""]
     for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
-        attack_cols = [c for c in part.columns if c.startswith("robust_acc[") and part[c].notna().any()]
-        auc_cols = [c for c in part.columns if c.startswith("auc[") and part[c].notna().any()]
-        head = ["defense", "clean", f"robust @ {part['headline_label'].iloc[0]}", "AUC"]
-        adbd_cols = [c for c in part.columns if c.startswith("adbd[") and part[c].notna().any()]
-        head += [_with_n(part, c[len("robust_acc["):-1]) for c in attack_cols] + [f"AUC {c[4:-1]}" for c in auc_cols]
-        head += [f"ADBD {c[5:-1]}" for c in adbd_cols] + ["n", "flags"]
+        per = pd.concat([_group_attacks(t, r) for _, r in part.iterrows()]) if not t.attacks.empty else t.attacks
+        cols = list(dict.fromkeys(_column(r) for _, r in per.iterrows())) if not per.empty else []
+        ns = {c: sorted({int(r["n"]) for _, r in per.iterrows() if _column(r) == c}) for c in cols}
+        auc_cols = [c for c in cols if any(not _isnan(r["auc"]) for _, r in per.iterrows() if _column(r) == c)]
+        adbd_cols = [c for c in cols if any(not _isnan(r["adbd"]) for _, r in per.iterrows() if _column(r) == c)]
+        unit = part["eps_unit"].iloc[0]
+        hl = part["headline_label"].iloc[0]
+        if unit == "rms":
+            hl = f"{hl} (rms {part['headline_in_unit'].iloc[0]:.4g})"
+        head = ["defense", "clean", f"robust @ {hl}", "AUC"]
+        head += [c if len(ns[c]) != 1 or ns[c][0] == int(part["n"].max()) else f"{c} (n={ns[c][0]})" for c in cols]
+        head += [f"AUC {c}" for c in auc_cols] + [f"ADBD {c}" for c in adbd_cols] + ["n", "flags"]
         lines += [f"## {dataset}, {norm}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        notes = []
         for _, r in part.iterrows():
+            g = _group_attacks(t, r)
+            by = {_column(a): a for _, a in g.iterrows()}
             cells = [r["defense"], _fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
-            cells += [_fmt(r[c]) for c in attack_cols] + [_fmt_auc(r[c]) for c in auc_cols]
-            cells += ["–" if _isnan(r[c]) else f"{r[c]:.4f}" for c in adbd_cols]
+            cells += [_fmt(by[c]["robust_acc"]) if c in by else "–" for c in cols]
+            cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
+            cells += ["–" if c not in by or _isnan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
             cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
             lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+            if r["sample_note"]:
+                notes.append(f"* {r['defense']}: {r['sample_note']}.")
+        lines += [""] + (notes + [""] if notes else [])
     return "\n".join(lines)
 
 
-def leaderboard_json(board: pd.DataFrame, prov: dict[str, Any]) -> list[dict[str, Any]]:
+def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
     entries = []
-    for _, r in board.iterrows():
-        per = {c[len("robust_acc["):-1]: _num(r[c]) for c in board.columns if c.startswith("robust_acc[") and not _isnan(r[c])}
-        aucs = {c[4:-1]: _num(r[c]) for c in board.columns if c.startswith("auc[") and not _isnan(r[c])}
-        adbd = {c[5:-1]: _num(r[c]) for c in board.columns if c.startswith("adbd[") and not _isnan(r[c])}
+    for _, r in t.board.iterrows():
+        g = _group_attacks(t, r)
+        per = {_column(a): _num(a["robust_acc"]) for _, a in g.iterrows() if not _isnan(a["robust_acc"])}
+        aucs = {_column(a): _num(a["auc"]) for _, a in g.iterrows() if not _isnan(a["auc"])}
+        adbd = {_column(a): _num(a["adbd"]) for _, a in g.iterrows() if not _isnan(a["adbd"])}
+        ns = {_column(a): int(a["n"]) for _, a in g.iterrows()}
+        # RobustBench's autoattack_acc: the attack that declares it reports that field
+        aa = [a for _, a in g.iterrows() if a.get("reports_as") == "autoattack_acc" and not _isnan(a["robust_acc"])]
         entries.append({
             # RobustBench model_info fields
             "name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
             "eps_label": r["headline_label"], "clean_acc": _num(r["clean_acc"]),
-            "reported": None, "autoattack_acc": per.get("autoattack"), "additional_data": False,
+            "reported": None, "autoattack_acc": _num(aa[-1]["robust_acc"]) if aa else None, "additional_data": False,
             "number_forward_passes": int(r["eot_n"]), "unreliable": bool(r["flags"]), "footnote": r["flag_details"] or None,
             # ours
             "robust_acc": _num(r["robust_acc"]), "robust_acc_per_attack": per, "auc": _num(r["auc"]),
-            "auc_per_attack": aucs, "adbd_per_attack": adbd, "n": int(r["n"]), "flags": [f for f in str(r["flags"]).split(";") if f],
+            "auc_per_attack": aucs, "adbd_per_attack": adbd, "n": int(r["n"]), "n_per_attack": ns,
+            "sample_note": r["sample_note"] or None, "eps_unit": r["eps_unit"],
+            "eps_in_unit": _num(r["headline_in_unit"]),
+            "flags": [f for f in str(r["flags"]).split(";") if f],
             "checkpoint": r["checkpoint"], "command": prov["command"], "versions": prov["versions"],
         })
     return entries
@@ -289,10 +390,10 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
                     continue
                 elif len(s) > 1:
                     ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=1.1, ls=attack_style[attack], alpha=0.75,
-                            label=f"{d} · {attack}")
+                            label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
                 else:
                     ax.scatter(s["eps"], 100 * s["robust_acc"], color=color, marker="x", s=40,
-                               label=f"{d} · {attack}")
+                               label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
         ax.set_xlabel(f"epsilon ({norm}, images in [0, 1])")
         ax.set_ylabel("robust accuracy (%)")
         ax.set_ylim(-2, 102)
@@ -311,20 +412,28 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def plot_auc(board: pd.DataFrame, out: Path) -> list[Path]:
+def plot_auc(t: Tables, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
-    for dataset, part in board.groupby("dataset", sort=False):
-        cols = [c for c in part.columns if c.startswith("auc[") and part[c].notna().any()]
-        if not cols:
+    paths: list[Path] = []
+    if t.attacks.empty:
+        return paths
+    for dataset, part in t.board.groupby("dataset", sort=False):
+        rows = [(r, _group_attacks(t, r)) for _, r in part.iterrows()]
+        names = list(dict.fromkeys(_column(a) for _, g in rows for _, a in g.iterrows() if not _isnan(a["auc"])))
+        if not names:
             continue
-        labels = [f"{r['defense']} ({r['norm']})" for _, r in part.iterrows()]
-        mat = np.column_stack([part[c].to_numpy(dtype=float) for c in cols] + [part["auc"].to_numpy(dtype=float)])
-        names = [c[4:-1] for c in cols] + [WORST]
+        labels = [f"{r['defense']} ({r['norm']})" for r, _ in rows]
+        mat = np.full((len(rows), len(names) + 1), np.nan)
+        for i, (r, g) in enumerate(rows):
+            for _, a in g.iterrows():
+                if _column(a) in names:
+                    mat[i, names.index(_column(a))] = a["auc"]
+            mat[i, -1] = r["auc"]
+        names = names + [WORST]
         fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 0.5 * len(labels) + 1.8))
         im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
@@ -347,19 +456,21 @@ def plot_auc(board: pd.DataFrame, out: Path) -> list[Path]:
 def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[str, Path]:
     """Write every report file under ``out``; return their paths by kind."""
     out = Path(out)
-    curves, board = build_tables(store, headline)
+    t = build_tables(store, headline)
+    curves = t.curves
     prov = _provenance(store)
     paths: dict[str, Path] = {}
     if curves.empty:
         return paths
     curves.to_csv(out / "curves.csv", index=False, float_format="%.10g")
-    board.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")
-    (out / "leaderboard.md").write_text(leaderboard_markdown(board, prov))
-    (out / "leaderboard.json").write_text(json.dumps(leaderboard_json(board, prov), indent=2))
-    paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv",
+    t.board.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")
+    t.attacks.to_csv(out / "attacks.csv", index=False, float_format="%.10g")
+    (out / "leaderboard.md").write_text(leaderboard_markdown(t, prov))
+    (out / "leaderboard.json").write_text(json.dumps(leaderboard_json(t, prov), indent=2))
+    paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
                  markdown=out / "leaderboard.md", json=out / "leaderboard.json")
     for i, p in enumerate(plot_curves(curves, out)):
         paths[f"plot{i}"] = p
-    for i, p in enumerate(plot_auc(board, out)):
+    for i, p in enumerate(plot_auc(t, out)):
         paths[f"auc{i}"] = p
     return paths

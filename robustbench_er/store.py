@@ -7,7 +7,10 @@ Tables:
   norm, samples, status, seconds);
 * ``steps``: the (cell, epsilon index) steps that finished, so a rerun skips them;
 * ``outcomes``: per cell and sample: label, clean verdict, ``broken_at`` (smallest epsilon with
-  a verified adversarial example, or the measured norm for minimization attacks; NULL = never);
+  a verified adversarial example, or the measured norm for minimization attacks; NULL = never),
+  ``broken_by`` (the attack label that found it: in a cascade, a stage's outcomes include every
+  earlier stage's), ``survived_eps`` (the largest epsilon at which the cell's own attack failed,
+  the lower end of a per-sample grid search) and ``tries`` (second attempts made);
 * ``flags``: sanity-check flags per cell.
 
 Every write is one transaction and idempotent (``INSERT OR REPLACE`` keyed by the cell id and
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (cell_id, eps_index));
 CREATE TABLE IF NOT EXISTS outcomes (
     cell_id TEXT, sample_id INTEGER, label INTEGER, clean_correct INTEGER, broken_at REAL,
+    broken_by TEXT, survived_eps REAL, tries INTEGER DEFAULT 0,
     PRIMARY KEY (cell_id, sample_id));
 CREATE TABLE IF NOT EXISTS flags (
     cell_id TEXT, flag TEXT, detail TEXT, PRIMARY KEY (cell_id, flag));
@@ -59,6 +63,11 @@ class Store:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA busy_timeout=60000")
         self.conn.executescript(SCHEMA)
+        # stores written before the per-sample search kept only broken_at
+        have = {r[1] for r in self.conn.execute("PRAGMA table_info(outcomes)")}
+        for col, decl in (("broken_by", "TEXT"), ("survived_eps", "REAL"), ("tries", "INTEGER DEFAULT 0")):
+            if col not in have:
+                self.conn.execute(f"ALTER TABLE outcomes ADD COLUMN {col} {decl}")
 
     def close(self) -> None:
         self.conn.close()
@@ -103,12 +112,19 @@ class Store:
                  json.dumps(row["grid"]), row["n"], row["eot"], "new", 0.0, time.time()))
 
     def set_clean(self, cell_id: str, sample_ids: Iterable[int], labels: Iterable[int],
-                  correct: Iterable[bool]) -> None:
+                  correct: Iterable[bool], broken_at: Iterable[float | None] | None = None,
+                  broken_by: Iterable[str | None] | None = None) -> None:
+        """Write the cell's first outcomes: clean verdicts, and for a cascade stage the breaks its
+        upstream stages found (``broken_at``/``broken_by``; None = none yet)."""
+        ids = [int(s) for s in sample_ids]
+        ba = list(broken_at) if broken_at is not None else [None] * len(ids)
+        bb = list(broken_by) if broken_by is not None else [None] * len(ids)
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO outcomes (cell_id, sample_id, label, clean_correct, broken_at)"
-                " VALUES (?,?,?,?,NULL)",
-                [(cell_id, int(s), int(lab), int(ok)) for s, lab, ok in zip(sample_ids, labels, correct)])
+                "INSERT OR REPLACE INTO outcomes (cell_id, sample_id, label, clean_correct, broken_at, broken_by,"
+                " survived_eps, tries) VALUES (?,?,?,?,?,?,NULL,0)",
+                [(cell_id, s, int(lab), int(ok), None if v is None or v != v else float(v), by)
+                 for s, lab, ok, v, by in zip(ids, labels, correct, ba, bb)])
             c.execute("UPDATE cells SET status='running' WHERE cell_id=?", (cell_id,))
 
     def has_clean(self, cell_id: str) -> bool:
@@ -116,7 +132,8 @@ class Store:
 
     def outcomes(self, cell_id: str) -> pd.DataFrame:
         return pd.read_sql_query(
-            "SELECT sample_id, label, clean_correct, broken_at FROM outcomes WHERE cell_id=? ORDER BY sample_id",
+            "SELECT sample_id, label, clean_correct, broken_at, broken_by, survived_eps, tries FROM outcomes"
+            " WHERE cell_id=? ORDER BY sample_id",
             self.conn, params=(cell_id,))
 
     def steps(self, cell_id: str) -> pd.DataFrame:
@@ -129,15 +146,23 @@ class Store:
         return {r[0] for r in self.conn.execute("SELECT eps_index FROM steps WHERE cell_id=?", (cell_id,))}
 
     def record_step(self, cell_id: str, eps_index: int, eps: float, broken: dict[int, float],
-                    attacked: int, seconds: float) -> None:
-        """Write one epsilon step: newly broken samples and the step marker, atomically.
+                    attacked: int, seconds: float, *, label: str | None = None,
+                    survived: dict[int, float | None] | None = None, tried: Iterable[int] = ()) -> None:
+        """Write one step (an epsilon of an ascending sweep, a round of a grid search) atomically.
 
-        Only samples whose ``broken_at`` is still NULL are updated, so replaying a step never
-        changes an earlier verdict.
+        ``broken`` maps sample ids to the epsilon of a verified example; a sample's ``broken_at``
+        only ever goes down (replaying a step never raises an earlier verdict). ``survived`` maps
+        sample ids to the epsilon the attack failed at (None clears it); ``tried`` lists samples
+        given a second attempt in this step.
         """
         with self.transaction() as c:
-            c.executemany("UPDATE outcomes SET broken_at=? WHERE cell_id=? AND sample_id=? AND broken_at IS NULL",
-                          [(float(v), cell_id, int(s)) for s, v in broken.items()])
+            c.executemany("UPDATE outcomes SET broken_at=?, broken_by=? WHERE cell_id=? AND sample_id=?"
+                          " AND (broken_at IS NULL OR broken_at > ?)",
+                          [(float(v), label, cell_id, int(s), float(v)) for s, v in broken.items()])
+            c.executemany("UPDATE outcomes SET survived_eps=? WHERE cell_id=? AND sample_id=?",
+                          [(None if v is None else float(v), cell_id, int(s)) for s, v in (survived or {}).items()])
+            c.executemany("UPDATE outcomes SET tries=tries+1 WHERE cell_id=? AND sample_id=?",
+                          [(cell_id, int(s)) for s in tried])
             c.execute("INSERT OR REPLACE INTO steps (cell_id, eps_index, eps, attacked, broken, seconds)"
                       " VALUES (?,?,?,?,?,?)", (cell_id, eps_index, eps, attacked, len(broken), seconds))
             c.execute("UPDATE cells SET seconds=seconds+? WHERE cell_id=?", (seconds, cell_id))

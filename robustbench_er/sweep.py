@@ -157,6 +157,10 @@ class Cell:
     sample_ids: np.ndarray
     seed: int
     eot: int
+    #: in a cascade, the cell of the previous stage (its outcomes are this cell's starting point)
+    upstream: str | None = None
+    #: "bisect" or "ascending" (fixed-epsilon attacks); "once" for minimization attacks
+    search: str = "ascending"
 
 
 def _seed_for(cell_id: str, step: int) -> int:
@@ -171,10 +175,31 @@ def make_attack(cfg: AttackConfig, norm: str, randomized: bool, eot: int) -> Att
     return cls(norm=norm, **params)
 
 
+MODES = ("cascade", "independent")
+SEARCHES = ("bisect", "ascending")
+L2_UNITS = ("l2", "rms")
+
+
+def eps_scale(norm: str, l2_unit: str, dim: int) -> float:
+    """Factor from the user's epsilon unit to the plain norm: sqrt(pixels) for L2 in RMS units."""
+    if l2_unit not in L2_UNITS:
+        raise UserInputError(f"Unknown L2 unit {l2_unit!r}; use one of {', '.join(L2_UNITS)}.")
+    if l2_unit == "rms":
+        if norm != "L2":
+            raise UserInputError(f"The rms unit applies to L2 epsilons only, not {norm}.")
+        return math.sqrt(dim)
+    return 1.0
+
+
 def plan(cfg: SweepConfig, store: Store | None = None,
          on_train: Callable[[str, Trained], None] | None = None,
          on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
     """Validate the config, train or reuse checkpoints, and return the cells to run.
+
+    In ``cascade`` mode a defense's cells form a chain in the listed attack order: each cell
+    (stage) starts from the previous stage's outcomes and attacks only the points still standing,
+    so its outcomes are the worst case over every stage so far. In ``independent`` mode every
+    attack runs on every point.
 
     A (defense, attack) pair the attack cannot run on (a gradient attack on a defense declared
     non-differentiable, say) is skipped with ``on_skip(defense, attack, reason)`` when the sweep
@@ -189,6 +214,10 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         raise UserInputError("Name at least one attack.")
     if cfg.eot < 1:
         raise UserInputError(f"EOT samples must be at least 1; got {cfg.eot}.")
+    if cfg.mode not in MODES:
+        raise UserInputError(f"Unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}.")
+    if cfg.search not in SEARCHES:
+        raise UserInputError(f"Unknown search {cfg.search!r}; use one of {', '.join(SEARCHES)}.")
     # validate every name before any work
     for d in cfg.defenses:
         get_defense(d)
@@ -196,13 +225,21 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         get_attack(a.name)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     dim = int(np.prod(data.spec.shape))
-    grid = validate_grid(cfg.eps, norm, dim)
+    scale = eps_scale(norm, cfg.l2_unit, dim)
+    grid = validate_grid([e * scale for e in cfg.eps], norm, dim)
     ids = data.sample_ids(cfg.samples)
+    attack_grids: list[list[float] | None] = []
+    prev_n = len(ids)
     for a in cfg.attacks:
-        if a.eps is not None:
-            a.eps = validate_grid(a.eps, norm, dim)
+        attack_grids.append(validate_grid([e * scale for e in a.eps], norm, dim) if a.eps is not None else None)
         if a.samples is not None and not 1 <= a.samples <= len(ids):
             raise UserInputError(f"Attack {a.display!r}: samples must be between 1 and {len(ids)}; got {a.samples}.")
+        n_a = a.samples or len(ids)
+        if cfg.mode == "cascade" and n_a > prev_n:
+            raise UserInputError(
+                f"In cascade mode attack {a.display!r} cannot run on more points ({n_a}) than the attack before it"
+                f" ({prev_n}); list attacks from the most to the fewest points, or use mode 'independent'.")
+        prev_n = n_a
         # instantiate once to validate the norm and parameters before training anything
         make_attack(a, norm, False, cfg.eot)
     for d in cfg.defenses:
@@ -220,7 +257,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         check_model_output(model, data.x_test[:4].to(device))
         randomized = bool(model.randomized)
         eot = cfg.eot if randomized else 1
-        for a in cfg.attacks:
+        upstream: str | None = None
+        for stage, (a, agrid) in enumerate(zip(cfg.attacks, attack_grids)):
             attack = make_attack(a, norm, randomized, eot)
             try:
                 attack.check_model(model)
@@ -230,16 +268,23 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     on_skip(d, a.display, str(exc))
                 log.warning("skipping %s x %s: %s", d, a.display, exc)
                 continue
-            cgrid = a.eps if a.eps is not None else grid
+            cgrid = agrid if agrid is not None else grid
             # a random prefix of the fixed permutation, processed in index order
             cids = np.sort(ids[: a.samples] if a.samples else ids)
+            search = cfg.search if attack.kind == "fixed" else "once"
             spec = {"dataset": data.spec.name, "checkpoint": trained.meta.get("id"), "defense": get_defense(d).name,
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
-                    "headline": data.spec.headline.get(norm)}
-            cells.append(Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
-                              cids, cfg.seed, eot))
+                    "headline": data.spec.headline.get(norm), "mode": cfg.mode, "search": search,
+                    "upstream": upstream if cfg.mode == "cascade" else None, "stage": stage,
+                    "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
+                    "reports_as": attack.leaderboard_field}
+            cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
+                        cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
+            cells.append(cell)
+            if cfg.mode == "cascade":
+                upstream = cell.cell_id
     if not cells and skipped:
         raise UserInputError(skipped[0][2])
     return cells
@@ -262,9 +307,118 @@ class _Interrupt(Exception):
     """Raised by the test hook that simulates a killed run."""
 
 
+def grid_index_at_or_above(grid: Sequence[float], value: float) -> int:
+    """Index of the smallest grid epsilon whose ball holds a perturbation of norm ``value``
+    (within the verifier's float tolerance); ``len(grid)`` if none does."""
+    from robustbench_er.attack import NORM_ATOL, NORM_RTOL
+
+    for i, g in enumerate(grid):
+        if value <= g * (1 + NORM_RTOL) + NORM_ATOL:
+            return i
+    return len(grid)
+
+
+def bisect_state(out: Any, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample, the (lo, hi) grid indices of a grid search read from the outcomes.
+
+    ``lo``: the largest index known to survive (the cell's own ``survived_eps``, or the index of
+    eps 0 when the grid starts at 0, else -1); ``hi``: the smallest index known broken (from
+    ``broken_at``, the cell's own or an upstream stage's), ``len(grid)`` if none. A sample is
+    resolved once ``hi - lo <= 1``.
+    """
+    k = len(grid)
+    base = 0 if grid and grid[0] <= 0 else -1
+    lo = np.full(len(out), base, dtype=int)
+    hi = np.full(len(out), k, dtype=int)
+    idx = {round(float(g), 12): i for i, g in enumerate(grid)}
+    for j, (sv, ba) in enumerate(zip(out["survived_eps"].to_numpy(dtype=float), out["broken_at"].to_numpy(dtype=float))):
+        if not math.isnan(sv):
+            lo[j] = max(lo[j], idx.get(round(sv, 12), base))
+        if not math.isnan(ba):
+            hi[j] = grid_index_at_or_above(grid, ba)
+    return lo, hi
+
+
+def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
+                   eps: np.ndarray | None, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attack the points at positions ``pos`` (per-sample ``eps``, or None for a minimization attack).
+
+    Returns (verified mask, measured norms) in the order of ``pos``. Points are batched in order
+    of epsilon so that libraries taking one scalar epsilon see few groups per batch.
+    """
+    dev = x_all.device
+    order = np.lexsort((pos, eps)) if eps is not None else np.arange(len(pos))
+    ok_all = np.zeros(len(pos), dtype=bool)
+    norms_all = np.full(len(pos), np.nan)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for b in range(0, len(order), batch_size):
+        sel = order[b:b + batch_size]
+        bpos = torch.as_tensor(pos[sel], device=dev)
+        xb, yb = x_all[bpos], y_all[bpos]
+        if eps is None:
+            x_adv = cell.attack.run(model, xb, yb, generator=gen)
+            ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, None, cell.eot)
+        else:
+            e = torch.as_tensor(eps[sel], dtype=xb.dtype, device=dev)
+            x_adv = cell.attack.run(model, xb, yb, e, generator=gen)
+            ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, e, cell.eot)
+        ok_all[sel] = ok.cpu().numpy()
+        norms_all[sel] = norms.cpu().numpy()
+    return ok_all, norms_all
+
+
+def _next_step(cell: Cell, out: Any, step: int) -> tuple[float, np.ndarray, np.ndarray | None, str] | None:
+    """What the cell's ``step``-th step attacks, read from its outcomes so far.
+
+    Returns (eps to record, positions, per-position eps or None, phase) or None when finished.
+    The phase is "search" or "retry" (a second attempt at each sample's largest surviving eps).
+    """
+    grid = cell.grid
+    cc = out["clean_correct"].to_numpy().astype(bool)
+    ba = np.nan_to_num(out["broken_at"].to_numpy(dtype=float), nan=np.inf)
+    if cell.search == "once":
+        if step > 0:
+            return None
+        pos_grid = [e for e in grid if e > 0] or grid
+        pos = np.flatnonzero(cc & (ba > min(pos_grid) + EPS_TOL))
+        return float("nan"), pos, None, "search"
+    if cell.search == "ascending":
+        if step >= len(grid):
+            return None
+        e = float(grid[step])
+        pos = np.flatnonzero(cc & (ba > e + EPS_TOL))
+        return e, pos, np.full(len(pos), e), "search"
+    # bisect: every unresolved sample at the middle of its own interval; then one retry round
+    lo, hi = bisect_state(out, grid)
+    active = cc & (hi - lo > 1)
+    if active.any():
+        pos = np.flatnonzero(active)
+        mid = (lo[pos] + hi[pos]) // 2
+        return float("nan"), pos, np.asarray(grid, dtype=float)[mid], "search"
+    tries = out["tries"].fillna(0).to_numpy(dtype=int)
+    g = np.asarray(grid, dtype=float)
+    retry = cc & (lo >= 0) & (tries == 0) & (hi - lo == 1)
+    retry &= np.where(lo >= 0, g[np.clip(lo, 0, len(g) - 1)], 0.0) > 0
+    if RETRY and retry.any():
+        pos = np.flatnonzero(retry)
+        return float("nan"), pos, g[lo[pos]], "retry"
+    return None
+
+
+#: the grid search gives each sample a second attempt at its largest surviving epsilon
+RETRY = True
+EPS_TOL = 1e-9
+
+
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
-             stop_after_steps: int | None = None) -> CellSummary:
-    """Run (or resume) one cell; every finished step is committed to the store."""
+             stop_after_steps: int | None = None, on_step: Callable[[], None] | None = None) -> CellSummary:
+    """Run (or resume) one cell; every finished step is committed to the store.
+
+    A step is an epsilon of an ascending sweep, a round of the per-sample grid search, or the
+    single run of a minimization attack. What a step attacks is read from the store, so a
+    killed cell resumes at its first unfinished step with identical results.
+    """
     from tqdm.auto import tqdm
 
     from robustbench_er.defense import device_of
@@ -284,44 +438,62 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
         y_all = cell.dataset.y_test[ids].to(dev)
         model.eval()
         if not store.has_clean(cell.cell_id):
-            torch.manual_seed(_seed_for(cell.cell_id, -1))
-            pred = model.predict_label(x_all, n_passes=cell.eot, batch_size=batch_size)
-            store.set_clean(cell.cell_id, cell.sample_ids, y_all.cpu().tolist(), (pred == y_all).cpu().tolist())
-        done = store.done_steps(cell.cell_id)
-        steps = list(enumerate(cell.grid)) if cell.attack.kind == "fixed" else [(0, None)]
-        bar = tqdm(total=len(steps), initial=len(done), disable=not progress, leave=False,
-                   desc=f"{cell.defense}/{cell.attack_cfg.display}")
+            if cell.upstream is not None:
+                up = store.outcomes(cell.upstream).set_index("sample_id")
+                missing = set(cell.sample_ids.tolist()) - set(up.index.tolist())
+                if missing:
+                    raise RuntimeError(f"cascade stage {cell.cell_id} has {len(missing)} points its upstream lacks")
+                up = up.loc[cell.sample_ids.tolist()]
+                store.set_clean(cell.cell_id, cell.sample_ids, up["label"].tolist(),
+                                up["clean_correct"].astype(bool).tolist(), up["broken_at"].tolist(),
+                                up["broken_by"].tolist())
+            else:
+                torch.manual_seed(_seed_for(cell.cell_id, -1))
+                pred = model.predict_label(x_all, n_passes=cell.eot, batch_size=batch_size)
+                store.set_clean(cell.cell_id, cell.sample_ids, y_all.cpu().tolist(), (pred == y_all).cpu().tolist())
+        label = cell.attack_cfg.display
+        step = len(store.done_steps(cell.cell_id))
+        total = len(cell.grid) if cell.search == "ascending" else None
+        bar = tqdm(total=total, initial=step, disable=not progress, leave=False, desc=f"{cell.defense}/{label}")
         ran = 0
-        for i, eps in steps:
-            if i in done:
-                continue
+        while True:
+            out = store.outcomes(cell.cell_id)
+            nxt = _next_step(cell, out, step)
+            if nxt is None:
+                break
             if stop_after_steps is not None and ran >= stop_after_steps:
                 bar.close()
                 raise _Interrupt(f"stopped after {ran} steps")
             t0 = time.perf_counter()
-            out = store.outcomes(cell.cell_id)
-            pos = np.flatnonzero(out["clean_correct"].to_numpy().astype(bool) & out["broken_at"].isna().to_numpy())
+            rec_eps, pos, eps, phase = nxt
             broken: dict[int, float] = {}
-            if len(pos) and (eps is None or eps > 0):
-                seed = _seed_for(cell.cell_id, i)
-                torch.manual_seed(seed)
-                gen = torch.Generator().manual_seed(seed)
-                for b in range(0, len(pos), batch_size):
-                    bpos = torch.as_tensor(pos[b:b + batch_size], device=dev)
-                    xb, yb = x_all[bpos], y_all[bpos]
+            survived: dict[int, float | None] = {}
+            if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
+                ok, norms = _attack_points(cell, model, x_all, y_all, pos, eps, _seed_for(cell.cell_id, step),
+                                           batch_size)
+                for j, p in enumerate(pos):
+                    sid = int(cell.sample_ids[p])
+                    if not ok[j]:
+                        if eps is not None and cell.search == "bisect":
+                            survived[sid] = float(eps[j])
+                        continue
                     if eps is None:
-                        x_adv = cell.attack.run(model, xb, yb, generator=gen)
-                        ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, None, cell.eot)
-                        for j in torch.nonzero(ok).flatten().tolist():
-                            broken[int(cell.sample_ids[pos[b + j]])] = float(norms[j])
+                        broken[sid] = float(norms[j])
+                    elif cell.search == "bisect":
+                        # the example lies in every grid ball at or above its measured norm
+                        broken[sid] = float(cell.grid[min(grid_index_at_or_above(cell.grid, float(norms[j])),
+                                                          len(cell.grid) - 1)])
                     else:
-                        e = torch.full((len(xb),), float(eps), device=dev)
-                        x_adv = cell.attack.run(model, xb, yb, e, generator=gen)
-                        ok, _ = verify(model, xb, x_adv, yb, cell.attack.norm, e, cell.eot)
-                        for j in torch.nonzero(ok).flatten().tolist():
-                            broken[int(cell.sample_ids[pos[b + j]])] = float(eps)
-            store.record_step(cell.cell_id, i, float(eps) if eps is not None else float("nan"), broken, len(pos),
-                              time.perf_counter() - t0)
+                        broken[sid] = float(eps[j])
+            tried = [int(cell.sample_ids[p]) for p in pos] if phase == "retry" else []
+            if phase == "retry":
+                # a failed retry changes nothing; a success re-opens the sample's interval below it
+                survived = {sid: None for sid in broken}
+            store.record_step(cell.cell_id, step, rec_eps, broken, len(pos), time.perf_counter() - t0,
+                              label=label, survived=survived, tried=tried)
+            if on_step is not None:
+                on_step()
+            step += 1
             ran += 1
             bar.update(1)
         bar.close()
@@ -347,7 +519,10 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     cells = plan(cfg, on_train=on_train, on_skip=on_skip)
     store = Store(out)
     try:
-        run_id = store.start_run(command, dataclasses.asdict(cfg), versions())
+        config = dataclasses.asdict(cfg)
+        if cfg.headline is not None and cells:  # the headline in the norm's own unit, for later reports
+            config["headline_eps"] = cfg.headline * float(cells[0].spec["eps_scale"])
+        run_id = store.start_run(command, config, versions())
         summaries = []
         for cell in cells:
             s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
@@ -357,7 +532,8 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
             if on_cell:
                 on_cell(s)
         store.finish_run(run_id)
-        write_reports(store, out, headline={canonical_norm(cfg.norm): cfg.headline} if cfg.headline is not None else None)
+        hl = config.get("headline_eps")
+        write_reports(store, out, headline={canonical_norm(cfg.norm): hl} if hl is not None else None)
         return summaries
     finally:
         store.close()

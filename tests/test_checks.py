@@ -219,9 +219,10 @@ def _cell_flags(out: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def none_sweep(test_plugins, tmp_path_factory):
     out = tmp_path_factory.mktemp("checks_none")
+    # each attack on its own, ascending: the per-attack checks read each attack's own curve and steps
     cfg = SweepConfig(dataset="digits", defenses=["none"], eps=GRID, samples=64, out=out, progress=False,
                       attacks=[AttackConfig("pgd"), AttackConfig("fgsm"), AttackConfig("test-identity"),
-                               AttackConfig("test-warner")])
+                               AttackConfig("test-warner")], mode="independent", search="ascending")
     run_sweep(cfg)
     return out, _cell_flags(out)
 

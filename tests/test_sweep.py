@@ -24,8 +24,9 @@ GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
 
 
 def _cfg(out, **kw):
+    # each attack on its own over ascending epsilons; the cascade and the grid search have their own tests
     base = dict(dataset="digits", defenses=["none"], attacks=[AttackConfig("pgd", {"steps": 10}), AttackConfig("fgsm")],
-                eps=GRID, samples=120, out=out, progress=False)
+                eps=GRID, samples=120, out=out, progress=False, mode="independent", search="ascending")
     base.update(kw)
     return SweepConfig(**base)
 

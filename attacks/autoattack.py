@@ -87,6 +87,7 @@ class AutoAttackAdapter(Attack):
     access = "gradient"
     Params = AutoAttackParams
     leaderboard_field = "autoattack_acc"
+    search_retry = False  # four attacks with their own restarts: a second pass costs as much and adds little
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         super().__init__(norm, **params)

@@ -1,18 +1,18 @@
-"""AutoAttack over an epsilon grid: our sweep (ascending eps, survivors only) vs independent runs.
+"""AutoAttack over an epsilon grid: our sweeps vs independent AutoAttack runs per epsilon.
 
-Our runner attacks eps_1 < eps_2 < ... in order and, at each step, only the points no smaller
-epsilon has broken (a point broken at eps_i is broken at every larger eps: the same example lies
-in the larger ball). The usual way calls AutoAttack once per epsilon on all points. Both use
-pyautoattack's standard version with the same seed scheme; this prints both wall times, their
-ratio (target <= 0.5 for three or more epsilons) and the largest per-epsilon difference in
-robust accuracy (expected 0; if not 0, ours is the lower one, because a point broken at a small
-eps stays broken while an independent run at a larger eps may miss it).
+The usual way calls AutoAttack once per epsilon on all points. Ours runs the per-sample grid
+search (``bisect``, the default: each round attacks every unresolved sample at the middle of its
+own interval, the round's samples grouped by epsilon for AutoAttack's scalar epsilon, then one
+retry round) and the ascending survivors-only sweep (``ascending``). All use pyautoattack's
+standard version. Printed per defense: wall times, the ratios (target <= 0.5 for K >= 8
+epsilons) and the largest per-epsilon amount by which ours is weaker (target: none); the worst
+bisect ratio over defenses comes last.
 
-    python benchmarks/autoattack_sweep.py --dataset digits --samples 100
-    python benchmarks/autoattack_sweep.py              # mnist5k, 200 samples, eps 0.1,0.2,0.3
+    python benchmarks/autoattack_sweep.py --dataset digits --samples 100      # K = 9
+    python benchmarks/autoattack_sweep.py --dataset mnist5k --samples 100 --defense madry
 
-The model is the ``madry`` defense's quick checkpoint (trained once into ``--checkpoints``).
-Run in one process, on the machine's default device (CPU here).
+The models are the defenses' quick checkpoints (trained once into ``--checkpoints``). Run in one
+process, on the machine's default device (CPU here).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="mnist5k", help="mnist5k (default) or digits (faster)")
-    ap.add_argument("--samples", type=int, default=200)
-    ap.add_argument("--eps", default="0.1,0.2,0.3", help="ascending Linf epsilons, comma-separated")
+    ap.add_argument("--samples", type=int, default=100)
+    ap.add_argument("--eps", default="0:0.4:0.05", help="ascending Linf epsilons (START:STOP:STEP or a,b,c)")
+    ap.add_argument("--defense", default="none,madry", help="comma-separated; each is timed separately")
     ap.add_argument("--version", default="standard", help="AutoAttack version for both sides")
     ap.add_argument("--checkpoints", type=Path, default=Path("results/bench"),
                     help="folder holding (or receiving) the trained madry checkpoint")
@@ -49,62 +49,71 @@ def main(argv: list[str] | None = None) -> None:
 
     grid = parse_eps(args.eps)
     data = load_dataset(args.dataset)
-    t0 = time.perf_counter()
-    trained = get_or_train("madry", data, profile="quick", seed=args.seed, out=args.checkpoints, progress=False)
-    print(f"checkpoint: {trained.folder} ({'reused' if trained.reused else 'trained'} in {time.perf_counter() - t0:.1f} s)")
-    model = trained.model.eval()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        # reuse the checkpoint: the sweep looks for it under <out>/checkpoints
-        (out / "checkpoints").symlink_to((args.checkpoints / "checkpoints").resolve(), target_is_directory=True)
-        cfg = SweepConfig(dataset=args.dataset, defenses=["madry"],
-                          attacks=[AttackConfig("autoattack", {"version": args.version})], eps=grid, norm="Linf",
-                          samples=args.samples, seed=args.seed, out=out, progress=False)
-        cell = plan(cfg)[0]
-        store = Store(out)
-        try:
-            t0, c0 = time.perf_counter(), time.process_time()
-            summary = run_cell(store, cell, batch_size=500, progress=False)
-            t_sweep, c_sweep = time.perf_counter() - t0, time.process_time() - c0
-            steps = store.outcomes(cell.cell_id)
-        finally:
-            store.close()
-        ours = [summary.robust[e] for e in grid]
-        n_clean = int(steps["clean_correct"].sum())
+    results = []
+    for defense in args.defense.split(","):
+        defense = defense.strip()
+        t0 = time.perf_counter()
+        trained = get_or_train(defense, data, profile="quick", seed=args.seed, out=args.checkpoints, progress=False)
+        print(f"\n=== {defense}: checkpoint {trained.folder} ({'reused' if trained.reused else 'trained'} in"
+              f" {time.perf_counter() - t0:.1f} s)")
+        model = trained.model.eval()
+        ours: dict[str, list[float]] = {}
+        t_ours: dict[str, float] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for search in ("bisect", "ascending"):
+                out = Path(tmp) / search
+                out.mkdir()
+                # reuse the checkpoint: the sweep looks for it under <out>/checkpoints
+                (out / "checkpoints").symlink_to((args.checkpoints / "checkpoints").resolve(), target_is_directory=True)
+                cfg = SweepConfig(dataset=args.dataset, defenses=[defense],
+                                  attacks=[AttackConfig("autoattack", {"version": args.version})], eps=grid,
+                                  norm="Linf", samples=args.samples, seed=args.seed, out=out, progress=False,
+                                  search=search)
+                cell = plan(cfg)[0]
+                store = Store(out)
+                try:
+                    t0 = time.perf_counter()
+                    summary = run_cell(store, cell, batch_size=500, progress=False)
+                    t_ours[search] = time.perf_counter() - t0
+                finally:
+                    store.close()
+                ours[search] = [summary.robust[e] for e in grid]
 
         ids = torch.as_tensor(cell.sample_ids)
         x, y = data.x_test[ids], data.y_test[ids]
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         indep = []
         clean_ok = model.predict_label(x) == y
         for i, eps in enumerate(grid):
+            if eps <= 0:
+                indep.append(float(clean_ok.float().mean()))
+                continue
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(_seed_for(cell.cell_id, i))))
             aa = pyautoattack.AutoAttack(model, device="cpu", eps=eps, norm="Linf", seed=seed, version=args.version)
             aa.verbose = False
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=500)
             ok, _ = verify(model, x, x_adv, y, "Linf", torch.full((len(x),), eps))
             indep.append(float((clean_ok & ~ok).float().mean()))
-        t_indep, c_indep = time.perf_counter() - t0, time.process_time() - c0
+        t_indep = time.perf_counter() - t0
 
-    n = len(x)
-    ours_n = np.rint(np.array(ours) * n).astype(int)  # robust counts: compare numbers of points, not floats
-    indep_n = np.rint(np.array(indep) * n).astype(int)
-    diff = np.abs(ours_n - indep_n) / n
-    print(f"dataset {args.dataset}, {len(x)} samples ({n_clean} clean-correct), AutoAttack {args.version}, Linf eps {grid}")
-    print(f"{'eps':>6}  {'ours':>7}  {'independent':>11}")
-    for e, a, b in zip(grid, ours, indep):
-        print(f"{e:>6.3f}  {a:>7.3f}  {b:>11.3f}")
-    print(f"time ours (ascending, survivors only): {t_sweep:.1f} s wall, {c_sweep:.1f} s CPU")
-    print(f"time independent ({len(grid)} full runs): {t_indep:.1f} s wall, {c_indep:.1f} s CPU")
-    print(f"ratio ours/independent: {t_sweep / t_indep:.2f} wall, {c_sweep / c_indep:.2f} CPU (target <= 0.5)")
-    if diff.max() == 0:
-        note = " (identical)"
-    elif (ours_n <= indep_n).all():
-        note = " (ours lower: a point broken at a smaller eps stays broken; an independent run at a larger eps missed it)"
-    else:
-        note = " (ours higher somewhere: the two runs' random draws differ on those points)"
-    print(f"max per-eps robust accuracy difference: {diff.max():.4f}{note}")
+        n = len(x)
+        print(f"{args.dataset}, {n} samples, AutoAttack {args.version}, Linf, K = {len(grid)} epsilons")
+        print(f"{'eps':>6}  {'bisect':>7}  {'ascending':>9}  {'independent':>11}")
+        for k, e in enumerate(grid):
+            print(f"{e:>6.3f}  {ours['bisect'][k]:>7.3f}  {ours['ascending'][k]:>9.3f}  {indep[k]:>11.3f}")
+        per = {}
+        for search in ("bisect", "ascending"):
+            gap = max(0.0, max(a - b for a, b in zip(ours[search], indep))) * 100
+            per[search] = (t_ours[search] / t_indep, gap)
+            print(f"{search}: {t_ours[search]:.1f} s vs independent {t_indep:.1f} s, ratio"
+                  f" {t_ours[search] / t_indep:.2f}; weaker than independent by at most {gap:.1f} points")
+        results.append((defense, per))
+    print("\n=== summary")
+    for defense, per in results:
+        for search, (ratio, gap) in per.items():
+            print(f"{defense:>10} {search:>9}: ratio {ratio:.2f}, weaker by at most {gap:.1f} points")
+    worst = max(results, key=lambda r: r[1]["bisect"][0])
+    print(f"worst bisect ratio: {worst[1]['bisect'][0]:.2f} ({worst[0]}; target <= 0.5 for K >= 8)")
 
 
 if __name__ == "__main__":

@@ -63,6 +63,10 @@ class Attack:
     Params: ClassVar[type[AttackParams]] = AttackParams
     #: a fixed-epsilon attack that accepts ``x_init`` (warm start from the last epsilon)
     warm_start: ClassVar[bool] = False
+    #: in the per-sample grid search, attack each sample once more at its largest surviving eps
+    #: (worth it for a single-restart attack such as PGD; an ensemble with its own restarts,
+    #: such as AutoAttack, turns it off)
+    search_retry: ClassVar[bool] = True
     #: the RobustBench model_info field this attack's robust accuracy fills (e.g. ``autoattack_acc``)
     leaderboard_field: ClassVar[str | None] = None
 

@@ -279,7 +279,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     "headline": data.spec.headline.get(norm), "mode": cfg.mode, "search": search,
                     "upstream": upstream if cfg.mode == "cascade" else None, "stage": stage,
                     "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
-                    "reports_as": attack.leaderboard_field}
+                    "reports_as": attack.leaderboard_field,
+                    "retry": bool(attack.search_retry) if search == "bisect" else False}
             cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
                         cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
             cells.append(cell)
@@ -400,14 +401,12 @@ def _next_step(cell: Cell, out: Any, step: int) -> tuple[float, np.ndarray, np.n
     g = np.asarray(grid, dtype=float)
     retry = cc & (lo >= 0) & (tries == 0) & (hi - lo == 1)
     retry &= np.where(lo >= 0, g[np.clip(lo, 0, len(g) - 1)], 0.0) > 0
-    if RETRY and retry.any():
+    if cell.spec.get("retry", False) and retry.any():
         pos = np.flatnonzero(retry)
         return float("nan"), pos, g[lo[pos]], "retry"
     return None
 
 
-#: the grid search gives each sample a second attempt at its largest surviving epsilon
-RETRY = True
 EPS_TOL = 1e-9
 
 

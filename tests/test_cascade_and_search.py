@@ -108,7 +108,7 @@ def test_bisection_resolves_every_point_and_tracks_ascending(tmp_path):
     run_sweep(_cfg(tmp_path / "bis", attacks=attacks, search="bisect", eps=grid))
     asc = pd.read_csv(tmp_path / "asc" / "curves.csv").query("attack == 'pgd'").set_index("eps")["robust_acc"]
     bis = pd.read_csv(tmp_path / "bis" / "curves.csv").query("attack == 'pgd'").set_index("eps")["robust_acc"]
-    assert (bis - asc).abs().max() <= 0.05, (asc, bis)
+    assert (bis - asc).max() <= 0.05, (asc, bis)  # never clearly weaker than the ascending sweep
     cells, outcomes, steps = _tables(tmp_path / "bis")
     assert len(steps) <= 8  # about log2(17) rounds and a retry, not 17 epsilons
     out = outcomes.sort_values("sample_id")

@@ -44,9 +44,12 @@ from robustbench_er.defense import (
 )
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import get_attack, get_defense
-from robustbench_er.store import Store
+from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 
 log = logging.getLogger(__name__)
+
+#: seconds between two claims of cells other processes hold
+LEASE_POLL = 1.0
 
 
 @dataclass
@@ -233,7 +236,7 @@ def plan(cfg: SweepConfig, store: Store | None = None,
             cgrid = a.eps if a.eps is not None else grid
             # a random prefix of the fixed permutation, processed in index order
             cids = np.sort(ids[: a.samples] if a.samples else ids)
-            spec = {"dataset": data.spec.name, "checkpoint": trained.meta.get("id"), "defense": get_defense(d).name,
+            spec = {"dataset": data.spec.name, "checkpoint": trained.identity, "defense": get_defense(d).name,
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
@@ -263,8 +266,12 @@ class _Interrupt(Exception):
 
 
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
-             stop_after_steps: int | None = None) -> CellSummary:
-    """Run (or resume) one cell; every finished step is committed to the store."""
+             stop_after_steps: int | None = None, heartbeat: Callable[[], None] | None = None) -> CellSummary:
+    """Run (or resume) one cell; every finished step is committed to the store.
+
+    ``heartbeat()`` is called after every step: the sweep renews the cell's lease there (it
+    raises :class:`robustbench_er.store.LeaseLost` when another process took the cell over).
+    """
     from tqdm.auto import tqdm
 
     from robustbench_er.defense import device_of
@@ -322,6 +329,8 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                             broken[int(cell.sample_ids[pos[b + j]])] = float(eps)
             store.record_step(cell.cell_id, i, float(eps) if eps is not None else float("nan"), broken, len(pos),
                               time.perf_counter() - t0)
+            if heartbeat:
+                heartbeat()
             ran += 1
             bar.update(1)
         bar.close()
@@ -348,14 +357,35 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     store = Store(out)
     try:
         run_id = store.start_run(command, dataclasses.asdict(cfg), versions())
-        summaries = []
-        for cell in cells:
-            s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
-                         stop_after_steps=stop_after_steps)
-            store.set_flags(cell.cell_id, run_cell_checks(cell, store))
-            summaries.append(s)
-            if on_cell:
-                on_cell(s)
+        done: dict[str, CellSummary] = {}
+        owner = lease_owner()
+        pending = list(cells)
+        while pending:
+            # a cell another live process holds is deferred: work on the others, then poll
+            # until its holder finishes (the claim then succeeds and run_cell finds it done)
+            # or its lease expires (the claim takes it over and run_cell resumes it)
+            deferred = []
+            for cell in pending:
+                if not store.leases.claim(cell.cell_id, owner, LEASE_TTL):
+                    deferred.append(cell)
+                    continue
+                try:
+                    with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
+                        s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
+                                     stop_after_steps=stop_after_steps, heartbeat=alive.check)
+                        store.set_flags(cell.cell_id, run_cell_checks(cell, store))
+                except LeaseLost as exc:
+                    log.warning("%s; waiting for it", exc)
+                    deferred.append(cell)
+                    continue
+                done[cell.cell_id] = s
+                if on_cell:
+                    on_cell(s)
+            if len(deferred) == len(pending):
+                log.info("%d cell(s) held by other processes; waiting", len(deferred))
+                time.sleep(LEASE_POLL)
+            pending = deferred
+        summaries = [done[c.cell_id] for c in cells]
         store.finish_run(run_id)
         write_reports(store, out, headline={canonical_norm(cfg.norm): cfg.headline} if cfg.headline is not None else None)
         return summaries

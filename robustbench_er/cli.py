@@ -25,7 +25,7 @@ QUICKSTART: dict[str, Any] = {
     "eps": "0:0.4:0.025",
     "headline": 0.3,
     "defenses": ["none", "madry"],
-    "attacks": ["pgd", {"name": "autoattack", "eps": [0.3], "samples": 200}],
+    "attacks": ["pgd", {"name": "autoattack", "eps": [0.3]}],
 }
 
 
@@ -126,7 +126,7 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
 
     def on_train(name: str, trained: Any) -> None:
         how = "reused" if trained.reused else f"trained in {trained.meta.get('train_seconds') or 0:.0f}s"
-        _print(f"[{name}] checkpoint {trained.folder} ({how}); clean accuracy {trained.meta['clean_acc']:.4f}", quiet)
+        _print(f"[{name}] checkpoint {trained.folder} ({how}); clean accuracy {trained.clean_acc:.4f}", quiet)
 
     def on_cell(s: Any) -> None:
         pts = ", ".join(f"{pretty_eps(e)}: {100 * a:.1f}" for e, a in list(s.robust.items())[:: max(1, len(s.robust) // 5)])
@@ -181,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     t = get_or_train(args.defense, data, profile=args.profile, seed=args.seed, out=Path(args.out),
                      overrides=_parse_sets(args.set), device=resolve_device(args.device), progress=not args.quiet)
     how = "reused" if t.reused else f"trained in {t.meta.get('train_seconds') or 0:.0f}s"
-    print(f"{t.meta['defense']} on {t.meta['dataset']}: clean accuracy {t.meta['clean_acc']:.4f} ({how}); checkpoint {t.folder}")
+    print(f"{t.meta['defense']} on {t.meta['dataset']}: clean accuracy {t.clean_acc:.4f} ({how}); checkpoint {t.folder}")
     return 0
 
 
@@ -309,7 +309,7 @@ def _headline_arg(text: str | None) -> Any:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     _print("robustbench-er quickstart: train 'none' and 'madry' (quick profile) on the embedded mnist5k data,"
-           " sweep PGD-Linf from 0 to 0.4 on 1,000 test points, then AutoAttack at 0.3 on 200 of them.", args.quiet)
+           " sweep PGD-Linf from 0 to 0.4 on 1,000 test points, then AutoAttack at 0.3 on every point PGD left standing.", args.quiet)
     cfg = config_from_dict(dict(QUICKSTART), args.out, args.device, args.quiet)
     rc = _run_config(cfg, _command(), args.quiet)
     _print(f"Open {Path(args.out) / 'leaderboard.md'} and {Path(args.out) / 'curves_mnist5k_Linf.png'}.", args.quiet)

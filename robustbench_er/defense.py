@@ -11,9 +11,11 @@ A defense plugin is a class registered with ``@register_defense("name")``::
 
 The harness wraps what ``build`` returns in a :class:`DefendedModel` (normalisation inside,
 ``predict(x) -> logits`` for x in [0, 1], optional ``embed``), trains it, and saves it as a
-checkpoint: weights in safetensors plus JSON metadata. A checkpoint's identity is the hash of
-its spec (defense, dataset, profile, hyper-parameters, seed), so a sweep that asks for the same
-spec reuses it instead of retraining. Nothing is ever unpickled.
+checkpoint: weights in safetensors plus JSON metadata. A trained checkpoint's folder is named by
+the hash of its spec (defense, dataset, profile, hyper-parameters, seed), so a sweep that asks
+for the same spec reuses it instead of retraining. The results of a model are keyed on
+:func:`model_identity`, a hash of the weights actually loaded and the architecture, never on
+what the metadata claims. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import nn
 
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.errors import UserInputError
+from robustbench_er.files import atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -383,10 +386,9 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = dict(meta, weights_sha256=_weights_hash(state), versions=versions())
-    tmp = folder / "model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(folder / "model.safetensors")
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_text_atomic(folder / "meta.json", json.dumps(meta, indent=2, sort_keys=True, default=str))
     return folder
 
 
@@ -433,8 +435,34 @@ def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
     return meta
 
 
+def model_identity(defense_name: str, model: DefendedModel, hp: Any) -> str:
+    """The identity of a model as it runs: what a sweep keys its results on.
+
+    A hash of the weights and buffers actually in ``model`` (names, dtypes, shapes, bytes), the
+    network's architecture (its classes and layer settings as ``repr`` shows them, and the
+    wrapper's normalisation, output kind and passes), the defense and the hyper-parameters the
+    network was built with (they also set behaviour outside the weights, e.g. RSE's noise).
+    It is computed from the model object, never read from a checkpoint's metadata: two
+    checkpoints whose weights differ never share results, whatever their ``meta.json`` says,
+    and the same weights reloaded give the same identity.
+    """
+    state = {**dict(model.named_buffers()), **model.state_dict()}
+    wrapper = {"classes": model.classes, "randomized": model.randomized, "differentiable": model.differentiable,
+               "output": model.output, "n_passes": model.n_passes,
+               "mean": None if model.mean is None else model.mean.flatten().tolist(),
+               "std": None if model.std is None else model.std.flatten().tolist()}
+    hparams = dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) and not isinstance(hp, type) else hp
+    return spec_hash({"defense": defense_name, "net": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+                      "architecture": repr(model.net), "wrapper": wrapper, "hparams": hparams,
+                      "weights": _weights_hash(state)})
+
+
 def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str) -> Trained:
-    """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata."""
+    """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata.
+
+    Its identity and clean accuracy are measured on the loaded weights; the metadata's ``id``
+    and ``clean_acc`` (which may be missing, or belong to another model) are not used.
+    """
     meta = read_meta(folder)
     if meta.get("defense") != cls.name:
         raise UserInputError(f"Checkpoint {str(folder)!r} holds defense {meta.get('defense')!r}, not {cls.name!r}.")
@@ -450,15 +478,24 @@ def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.d
     model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     meta = load_checkpoint(folder, model)
     model.to(device).eval()
-    return Trained(model, meta, folder, True)
+    return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
+                   accuracy(model, data.x_test, data.y_test))
 
 
 @dataclass
 class Trained:
+    """A trained or loaded model with its checkpoint.
+
+    ``identity`` (:func:`model_identity`) and ``clean_acc`` (test-set accuracy) are measured
+    on the model itself; ``meta`` is the checkpoint's metadata as written, for provenance.
+    """
+
     model: DefendedModel
     meta: dict[str, Any]
     folder: Path
     reused: bool
+    identity: str
+    clean_acc: float
 
 
 def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
@@ -468,35 +505,83 @@ def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
     return d.wrap(d.build(spec, hp), spec, hp)
 
 
+#: seconds between two looks at a checkpoint another process is training
+TRAIN_POLL = 2.0
+
+
 def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
                  out: Path = Path("results"), overrides: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", progress: bool = True,
                  checkpoint_dir: Path | None = None) -> Trained:
-    """Return the trained defense for this spec, reusing its checkpoint if one exists."""
+    """Return the trained defense for this spec, reusing its checkpoint if one exists.
+
+    A checkpoint is trained once even when several processes ask for it at the same time: a
+    process trains only while it holds the lease on the checkpoint's folder name, kept in
+    ``<out>/checkpoints/leases.sqlite`` with the same lease rules as the cells of a sweep
+    (:class:`robustbench_er.store.LeaseTable`: claimed in one transaction, renewed by a
+    background thread while training runs, released when the checkpoint is written). The
+    others poll until the checkpoint appears, then load it; if the trainer crashes its lease
+    expires and the next process to look trains instead. The lease lives beside the
+    checkpoints rather than in the results store, which need not exist when training starts.
+    """
     from robustbench_er.registry import get_defense
+    from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseTable, connect, lease_owner
 
     cls = get_defense(defense_name)
-    defense = cls()
     if checkpoint_dir is not None:
         return _load_given(cls, data, Path(checkpoint_dir), device)
     hp = cls.hparams(data.spec.name, profile, overrides)
     spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed)
     cid = spec_hash(spec)
     folder = Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
-    torch.manual_seed(seed)
-    model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     if (folder / "meta.json").is_file():
-        meta = load_checkpoint(folder, model)
-        if meta.get("spec") != json.loads(_canonical(spec)):
-            raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
-        if meta.get("dataset") != data.spec.name:
-            raise UserInputError(
-                f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}, not {data.spec.name!r}."
-            )
-        model.to(device).eval()
-        return Trained(model, meta, folder, True)
+        return _load_cached(cls, data, hp, spec, seed, folder, device)
     if not cls.trainable:
         raise UserInputError(f"Defense {cls.name!r} cannot be trained; give it a checkpoint.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lease_db = folder.parent / "leases.sqlite"
+    owner = lease_owner()
+    conn = connect(lease_db)
+    try:
+        leases = LeaseTable(conn)
+        while not leases.claim(folder.name, owner, LEASE_TTL):
+            log.info("another process is training %s; waiting", folder.name)
+            time.sleep(TRAIN_POLL)
+            if (folder / "meta.json").is_file():
+                return _load_cached(cls, data, hp, spec, seed, folder, device)
+        with KeepAlive(lease_db, folder.name, owner, LEASE_TTL):
+            # the previous holder may have finished between our last look and the claim
+            if (folder / "meta.json").is_file():
+                return _load_cached(cls, data, hp, spec, seed, folder, device)
+            return _train(cls, data, hp, spec, cid, profile, seed, folder, device, progress)
+    finally:
+        conn.close()
+
+
+def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], seed: int, folder: Path,
+                 device: torch.device | str) -> Trained:
+    """Load the harness's own checkpoint for ``spec``; its clean accuracy is measured again."""
+    defense = cls()
+    torch.manual_seed(seed)
+    model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
+    meta = load_checkpoint(folder, model)
+    if meta.get("spec") != json.loads(_canonical(spec)):
+        raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
+    if meta.get("dataset") != data.spec.name:
+        raise UserInputError(
+            f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}, not {data.spec.name!r}."
+        )
+    model.to(device).eval()
+    return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
+                   accuracy(model, data.x_test, data.y_test))
+
+
+def _train(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], cid: str, profile: str, seed: int,
+           folder: Path, device: torch.device | str, progress: bool) -> Trained:
+    """Train the defense for ``spec`` and save its checkpoint into ``folder``."""
+    defense = cls()
+    torch.manual_seed(seed)
+    model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     model.to(device)
     torch.manual_seed(seed)
     report = defense.train(model, data, hp, seed, progress)
@@ -510,4 +595,4 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     save_checkpoint(folder, model, meta)
     log.info("trained %s on %s: clean accuracy %.4f", cls.name, data.spec.name, clean)
-    return Trained(model, meta, folder, False)
+    return Trained(model, meta, folder, False, model_identity(cls.name, model, hp), clean)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from robustbench_er.checks import cross_attack_flags
 from robustbench_er.errors import UserInputError
+from robustbench_er.files import atomic_path, write_text_atomic
 from robustbench_er.metrics import EPS_TOL, auc, curve, pretty_eps, worst_case
 from robustbench_er.store import Store
 
@@ -406,7 +407,8 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
         p = out / f"curves_{dataset}_{norm}.png"
-        fig.savefig(p, dpi=120)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         paths.append(p)
     return paths
@@ -447,7 +449,8 @@ def plot_auc(t: Tables, out: Path) -> list[Path]:
         fig.colorbar(im, ax=ax, fraction=0.04)
         fig.tight_layout()
         p = out / f"auc_{dataset}.png"
-        fig.savefig(p, dpi=120)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         plt.close(fig)
         paths.append(p)
     return paths
@@ -462,11 +465,14 @@ def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[st
     paths: dict[str, Path] = {}
     if curves.empty:
         return paths
-    curves.to_csv(out / "curves.csv", index=False, float_format="%.10g")
-    t.board.to_csv(out / "leaderboard.csv", index=False, float_format="%.10g")
-    t.attacks.to_csv(out / "attacks.csv", index=False, float_format="%.10g")
-    (out / "leaderboard.md").write_text(leaderboard_markdown(t, prov))
-    (out / "leaderboard.json").write_text(json.dumps(leaderboard_json(t, prov), indent=2))
+    with atomic_path(out / "curves.csv") as tmp:
+        curves.to_csv(tmp, index=False, float_format="%.10g")
+    with atomic_path(out / "leaderboard.csv") as tmp:
+        t.board.to_csv(tmp, index=False, float_format="%.10g")
+    with atomic_path(out / "attacks.csv") as tmp:
+        t.attacks.to_csv(tmp, index=False, float_format="%.10g")
+    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov))
+    write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
     paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
                  markdown=out / "leaderboard.md", json=out / "leaderboard.json")
     for i, p in enumerate(plot_curves(curves, out)):

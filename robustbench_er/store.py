@@ -11,21 +11,30 @@ Tables:
   ``broken_by`` (the attack label that found it: in a cascade, a stage's outcomes include every
   earlier stage's), ``survived_eps`` (the largest epsilon at which the cell's own attack failed,
   the lower end of a per-sample grid search) and ``tries`` (second attempts made);
-* ``flags``: sanity-check flags per cell.
+* ``flags``: sanity-check flags per cell;
+* ``leases``: which process works on a cell now (owner, expiry); see :class:`LeaseTable`.
 
 Every write is one transaction and idempotent (``INSERT OR REPLACE`` keyed by the cell id and
 sample id), so a killed run loses at most the step in flight, a rerun resumes, and two
 processes may write the same store (SQLite serialises the writers; ``busy_timeout`` waits).
+Two processes never compute the same cell at once: each claims the cell's lease first (see
+:class:`LeaseTable` and :class:`KeepAlive`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import pandas as pd
@@ -49,6 +58,152 @@ CREATE TABLE IF NOT EXISTS flags (
     cell_id TEXT, flag TEXT, detail TEXT, PRIMARY KEY (cell_id, flag));
 """
 
+LEASE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL, claimed REAL NOT NULL);
+"""
+
+#: seconds a lease lives without renewal; a crashed owner's work is taken over after this
+LEASE_TTL = 120.0
+
+log = logging.getLogger(__name__)
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """An autocommit SQLite connection in WAL mode that waits up to 60 s for other writers."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    return conn
+
+
+@contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction, taken at its start (``BEGIN IMMEDIATE``) so reads and writes in it are atomic."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def lease_owner() -> str:
+    """A name for this process as a lease owner: host, process id and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+class LeaseLost(RuntimeError):
+    """Our lease on a key expired and another owner took it; stop working on that key."""
+
+
+class LeaseTable:
+    """Leases on string keys (a cell id, a training job) in the ``leases`` table of one SQLite file.
+
+    A lease says "owner O works on key K until time T". :meth:`claim` succeeds when the key has
+    no lease, its lease has expired, or the lease is already ours; the check and the write are
+    one ``BEGIN IMMEDIATE`` transaction, so of two processes claiming at once exactly one wins.
+    The owner renews while it works (:class:`KeepAlive`) and releases when done; a crashed
+    owner stops renewing, and once ``expires`` has passed any process may take the key over.
+    Times are wall-clock seconds (``time.time()``), so processes on several hosts sharing one
+    store need clocks that agree to well within the time to live.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.executescript(LEASE_SCHEMA)
+
+    def claim(self, key: str, owner: str, ttl: float = LEASE_TTL) -> bool:
+        """Take (or keep) the lease on ``key`` for ``ttl`` seconds; False if another live owner holds it."""
+        with _immediate(self.conn) as c:
+            now = time.time()
+            row = c.execute("SELECT owner, expires FROM leases WHERE key=?", (key,)).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            if row is not None and row[0] != owner:
+                log.info("taking over the expired lease on %s from %s", key, row[0])
+            c.execute("INSERT OR REPLACE INTO leases (key, owner, expires, claimed) VALUES (?,?,?,?)",
+                      (key, owner, now + ttl, now))
+            return True
+
+    def renew(self, key: str, owner: str, ttl: float = LEASE_TTL) -> bool:
+        """Push our lease's expiry to now + ``ttl``; False if the lease is no longer ours."""
+        with _immediate(self.conn) as c:
+            cur = c.execute("UPDATE leases SET expires=? WHERE key=? AND owner=?", (time.time() + ttl, key, owner))
+            return cur.rowcount == 1
+
+    def release(self, key: str, owner: str) -> None:
+        """Give the lease up (a no-op if it is not ours)."""
+        with _immediate(self.conn) as c:
+            c.execute("DELETE FROM leases WHERE key=? AND owner=?", (key, owner))
+
+    def holder(self, key: str) -> dict[str, Any] | None:
+        """The lease on ``key`` (owner, expires, claimed), expired or not; None if there is none."""
+        row = self.conn.execute("SELECT owner, expires, claimed FROM leases WHERE key=?", (key,)).fetchone()
+        return None if row is None else {"owner": row[0], "expires": row[1], "claimed": row[2]}
+
+
+class KeepAlive:
+    """Renews a claimed lease while the owner works, and releases it at the end.
+
+    Used as ``with KeepAlive(db_path, key, owner, ttl) as alive: ... alive.check() ...``. A
+    background thread with its own connection renews every ``ttl / 4`` seconds, so a step
+    longer than the time to live (an AutoAttack round on many points, a training run) keeps
+    its lease; the worker also calls :meth:`check` between steps, which renews at once and
+    raises :class:`LeaseLost` if the lease was taken over (only possible if this process
+    stalled for longer than ``ttl``). A crashed process renews nothing, so its lease expires.
+    """
+
+    def __init__(self, db_path: str | Path, key: str, owner: str, ttl: float = LEASE_TTL) -> None:
+        self.db_path = Path(db_path)
+        self.key = key
+        self.owner = owner
+        self.ttl = float(ttl)
+        self._stop = threading.Event()
+        self._lost = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    def __enter__(self) -> KeepAlive:
+        self._conn = connect(self.db_path)
+        self._table = LeaseTable(self._conn)
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{self.key}", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        conn = connect(self.db_path)
+        try:
+            table = LeaseTable(conn)
+            while not self._stop.wait(self.ttl / 4):
+                try:
+                    if not table.renew(self.key, self.owner, self.ttl):
+                        self._lost.set()
+                        return
+                except sqlite3.Error as exc:  # a busy or briefly unreadable file: try again next beat
+                    log.warning("could not renew the lease on %s: %s", self.key, exc)
+        finally:
+            conn.close()
+
+    def check(self) -> None:
+        """Renew now; raise :class:`LeaseLost` if another owner holds the lease."""
+        if self._lost.is_set() or not self._table.renew(self.key, self.owner, self.ttl):
+            self._lost.set()
+            raise LeaseLost(f"the lease on {self.key} was taken over by another process")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._conn is not None:
+            try:
+                self._table.release(self.key, self.owner)
+            finally:
+                self._conn.close()
+
 
 class Store:
     """A thin, transactional wrapper over the SQLite file ``<folder>/store.sqlite``."""
@@ -59,29 +214,23 @@ class Store:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / self.FILENAME
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.conn = connect(self.path)
         self.conn.executescript(SCHEMA)
         # stores written before the per-sample search kept only broken_at
         have = {r[1] for r in self.conn.execute("PRAGMA table_info(outcomes)")}
         for col, decl in (("broken_by", "TEXT"), ("survived_eps", "REAL"), ("tries", "INTEGER DEFAULT 0")):
             if col not in have:
                 self.conn.execute(f"ALTER TABLE outcomes ADD COLUMN {col} {decl}")
+        #: leases on cell ids: which process computes which cell now
+        self.leases = LeaseTable(self.conn)
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        with _immediate(self.conn) as c:
+            yield c
 
     # ---- runs ----
     def start_run(self, command: str, config: dict[str, Any], versions: dict[str, str]) -> int:

@@ -44,9 +44,12 @@ from robustbench_er.defense import (
 )
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import get_attack, get_defense
-from robustbench_er.store import Store
+from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 
 log = logging.getLogger(__name__)
+
+#: seconds between two claims of cells other processes hold
+LEASE_POLL = 1.0
 
 
 @dataclass
@@ -272,7 +275,7 @@ def plan(cfg: SweepConfig, store: Store | None = None,
             # a random prefix of the fixed permutation, processed in index order
             cids = np.sort(ids[: a.samples] if a.samples else ids)
             search = cfg.search if attack.kind == "fixed" else "once"
-            spec = {"dataset": data.spec.name, "checkpoint": trained.meta.get("id"), "defense": get_defense(d).name,
+            spec = {"dataset": data.spec.name, "checkpoint": trained.identity, "defense": get_defense(d).name,
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
@@ -411,12 +414,14 @@ EPS_TOL = 1e-9
 
 
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
-             stop_after_steps: int | None = None, on_step: Callable[[], None] | None = None) -> CellSummary:
+             stop_after_steps: int | None = None, heartbeat: Callable[[], None] | None = None) -> CellSummary:
     """Run (or resume) one cell; every finished step is committed to the store.
 
     A step is an epsilon of an ascending sweep, a round of the per-sample grid search, or the
     single run of a minimization attack. What a step attacks is read from the store, so a
     killed cell resumes at its first unfinished step with identical results.
+    ``heartbeat()`` is called after every step: the sweep renews the cell's lease there (it
+    raises :class:`robustbench_er.store.LeaseLost` when another process took the cell over).
     """
     from tqdm.auto import tqdm
 
@@ -490,8 +495,8 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                 survived = {sid: None for sid in broken}
             store.record_step(cell.cell_id, step, rec_eps, broken, len(pos), time.perf_counter() - t0,
                               label=label, survived=survived, tried=tried)
-            if on_step is not None:
-                on_step()
+            if heartbeat:
+                heartbeat()
             step += 1
             ran += 1
             bar.update(1)
@@ -522,14 +527,39 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
         if cfg.headline is not None and cells:  # the headline in the norm's own unit, for later reports
             config["headline_eps"] = cfg.headline * float(cells[0].spec["eps_scale"])
         run_id = store.start_run(command, config, versions())
-        summaries = []
-        for cell in cells:
-            s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
-                         stop_after_steps=stop_after_steps)
-            store.set_flags(cell.cell_id, run_cell_checks(cell, store))
-            summaries.append(s)
-            if on_cell:
-                on_cell(s)
+        done: dict[str, CellSummary] = {}
+        owner = lease_owner()
+        pending = list(cells)
+        while pending:
+            # a cell another live process holds is deferred: work on the others, then poll
+            # until its holder finishes (the claim then succeeds and run_cell finds it done)
+            # or its lease expires (the claim takes it over and run_cell resumes it)
+            deferred = []
+            for cell in pending:
+                # a cascade stage waits for the stage before it (it starts from its outcomes)
+                if cell.upstream is not None and cell.upstream not in done:
+                    deferred.append(cell)
+                    continue
+                if not store.leases.claim(cell.cell_id, owner, LEASE_TTL):
+                    deferred.append(cell)
+                    continue
+                try:
+                    with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
+                        s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
+                                     stop_after_steps=stop_after_steps, heartbeat=alive.check)
+                        store.set_flags(cell.cell_id, run_cell_checks(cell, store))
+                except LeaseLost as exc:
+                    log.warning("%s; waiting for it", exc)
+                    deferred.append(cell)
+                    continue
+                done[cell.cell_id] = s
+                if on_cell:
+                    on_cell(s)
+            if len(deferred) == len(pending):
+                log.info("%d cell(s) held by other processes; waiting", len(deferred))
+                time.sleep(LEASE_POLL)
+            pending = deferred
+        summaries = [done[c.cell_id] for c in cells]
         store.finish_run(run_id)
         hl = config.get("headline_eps")
         write_reports(store, out, headline={canonical_norm(cfg.norm): hl} if hl is not None else None)

@@ -100,7 +100,7 @@ def test_attack_parameters_and_checkpoint_flag(tmp_path, capsys, none_digits):
 
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert set(curves["attack"]) == {"pgd(steps=5)", "fgsm", "worst-case"}
-    assert curves["checkpoint"].iloc[0] == none_digits.meta["id"]
+    assert curves["checkpoint"].iloc[0] == none_digits.identity
     capsys.readouterr()
     wrong = ["sweep", "--dataset", "mnist5k", "--defense", "none", "--attack", "pgd", "--eps", "0,0.1",
              "--checkpoint", str(none_digits.folder), "--out", str(tmp_path / "w"), "--quiet"]

@@ -506,7 +506,7 @@ def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
 
 
 #: seconds between two looks at a checkpoint another process is training
-TRAIN_POLL = 2.0
+TRAIN_POLL = 1.0
 
 
 def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustbench_er.checks import cross_attack_flags
+from robustbench_er.checks import attack_run, cross_attack_flags
 from robustbench_er.errors import UserInputError
 from robustbench_er.metrics import auc, curve, pretty_eps, worst_case
 from robustbench_er.store import Store
@@ -134,16 +134,9 @@ def build_tables(store: Store, headline: Headline = None) -> tuple[pd.DataFrame,
                                    eot_n=eot_n, checkpoint=ckpt))
         if len(union) >= 2:
             aucs[WORST] = auc(union, wacc)
-        # compare attacks on the samples they all ran on (e.g. PGD on 1,000 vs RayS on 100)
-        common: set[int] | None = None
-        for cid in label_cell.values():
-            ids = set(by_cell[cid]["sample_id"].tolist())
-            common = ids if common is None else common & ids
-        same = {}
-        for label, (grid, _) in per_attack.items():
-            out = by_cell[label_cell[label]]
-            same[label] = (grid, curve(out[out["sample_id"].isin(common or set())], grid))
-        cell_flags.update(cross_attack_flags(same, access, kinds))
+        # compare attacks pairwise on the points both ran (e.g. PGD on 1,000 vs RayS on 100)
+        cell_flags.update(cross_attack_flags({label: attack_run(by_cell[cid], per_attack[label][0], specs[cid])
+                                              for label, cid in label_cell.items()}))
         row: dict[str, Any] = dict(dataset=dataset, defense=defense, norm=norm, headline_eps=hl,
                                    headline_label=pretty_eps(hl), n=len(wc), clean_acc=clean,
                                    robust_acc=float(curve(wc, [hl])[0]), auc=aucs.get(WORST, math.nan))

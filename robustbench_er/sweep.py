@@ -238,6 +238,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
                     "headline": data.spec.headline.get(norm)}
+            if attack.single_step:  # only when set, so other cells keep their ids
+                spec["single_step"] = True
             cells.append(Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
                               cids, cfg.seed, eot))
     if not cells and skipped:
@@ -310,13 +312,13 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                     bpos = torch.as_tensor(pos[b:b + batch_size], device=dev)
                     xb, yb = x_all[bpos], y_all[bpos]
                     if eps is None:
-                        x_adv = cell.attack.run(model, xb, yb, generator=gen)
+                        x_adv = cell.attack.run(cell.attack.target(model), xb, yb, generator=gen)
                         ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, None, cell.eot)
                         for j in torch.nonzero(ok).flatten().tolist():
                             broken[int(cell.sample_ids[pos[b + j]])] = float(norms[j])
                     else:
                         e = torch.full((len(xb),), float(eps), device=dev)
-                        x_adv = cell.attack.run(model, xb, yb, e, generator=gen)
+                        x_adv = cell.attack.run(cell.attack.target(model), xb, yb, e, generator=gen)
                         ok, _ = verify(model, xb, x_adv, yb, cell.attack.norm, e, cell.eot)
                         for j in torch.nonzero(ok).flatten().tolist():
                             broken[int(cell.sample_ids[pos[b + j]])] = float(eps)

@@ -359,35 +359,36 @@ def mcnemar_p(b: int, c: int) -> float:
     return float(binomtest(b, n, 0.5, alternative="greater").pvalue)
 
 
-def _broken(run: AttackRun, ids: np.ndarray, eps: float) -> np.ndarray:
-    """Per id (in ``ids`` order): clean-correct and broken at or below ``eps``."""
+def _standing(run: AttackRun, ids: np.ndarray, eps: float) -> np.ndarray:
+    """Per id (in ``ids`` order): clean-correct and not broken at or below ``eps``."""
     frame = run.outcomes.set_index("sample_id").loc[ids]
     cc = frame["clean_correct"].to_numpy().astype(bool)
     ba = np.nan_to_num(frame["broken_at"].to_numpy(dtype=float), nan=np.inf)
-    return cc & (ba <= eps + EXACT)
+    return cc & ~(ba <= eps + EXACT)
 
 
 def paired_comparison(weak: AttackRun, strong: AttackRun) -> dict[str, Any] | None:
     """The eps where ``weak`` is most significantly stronger than ``strong`` on their shared points.
 
-    Returns ``{eps, b, c, p, n, acc_weak, acc_strong}`` (b: points only ``weak`` breaks, c: only
-    ``strong``; p from :func:`mcnemar_p`), or None when they share no point or no eps.
+    Returns ``{eps, b, c, p, n, acc_weak, acc_strong}`` (b: points ``strong`` leaves standing and
+    ``weak`` does not, c: the reverse; p from :func:`mcnemar_p`), or None when they share no point
+    or no eps.
     """
     ids = np.intersect1d(weak.outcomes["sample_id"].to_numpy(), strong.outcomes["sample_id"].to_numpy())
     if len(ids) == 0:
         return None
-    cc = weak.outcomes.set_index("sample_id").loc[ids, "clean_correct"].to_numpy().astype(bool)
     grid = sorted({float(e) for e in list(weak.grid) + list(strong.grid)})
     best: dict[str, Any] | None = None
     for e in grid:
         if not (weak.defined_at(e) and strong.defined_at(e)):
             continue
-        bw, bs = _broken(weak, ids, e), _broken(strong, ids, e)
-        b, c = int((bw & ~bs).sum()), int((bs & ~bw).sum())
+        # a randomized defense's clean pass may differ between cells: compare what is left standing
+        sw, ss = _standing(weak, ids, e), _standing(strong, ids, e)
+        b, c = int((ss & ~sw).sum()), int((sw & ~ss).sum())
         p = mcnemar_p(b, c)
         if best is None or p < best["p"]:
             best = {"eps": e, "b": b, "c": c, "p": p, "n": len(ids),
-                    "acc_weak": float((cc & ~bw).mean()), "acc_strong": float((cc & ~bs).mean())}
+                    "acc_weak": float(sw.mean()), "acc_strong": float(ss.mean())}
     return best
 
 

@@ -23,6 +23,7 @@ class FGSM(Attack):
     norms = ("Linf", "L2")
     kind = "fixed"
     access = "gradient"
+    single_step = True
     Params = AttackParams
 
     def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,

@@ -9,11 +9,14 @@ standard cross-entropy on clean images (the paper's setting; Defense-GAN needs n
 training).
 
 Evaluation: the projection is an inner optimisation with random restarts, so the defense is
-declared ``randomized = True`` and ``differentiable = False``: the harness refuses gradient
-attacks on it (their gradients through an unrolled, randomly started optimisation would be
-meaningless or obfuscated). Evaluate it with BPDA-style attacks (gradients of the classifier on
-``G(z*)`` used as a surrogate; Athalye et al., 2018, broke Defense-GAN this way) or with score- and
-decision-based (black-box) attacks such as Square or RayS.
+declared ``randomized = True`` and ``differentiable = False`` (gradients through an unrolled,
+randomly started optimisation would be meaningless or obfuscated). It declares ``bpda = True``:
+gradient attacks run through :meth:`DefenseGANNet.forward_bpda`, which outputs exactly what the
+defense outputs but treats the projection as the identity in the backward pass (BPDA with the
+straight-through approximation, as Athalye, Carlini and Wagner, "Obfuscated Gradients Give a
+False Sense of Security", ICML 2018, arXiv:1802.00420, broke Defense-GAN). Every example is
+verified on the real defense. Score- and decision-based attacks (Square, RayS) see the real
+defense too.
 
 Hyper-parameters and paper / reference values (kabkabm/defensegan, ``experiments/cfgs/gans/
 mnist.yml`` and ``models/gan.py``):
@@ -176,6 +179,13 @@ class DefenseGANNet(nn.Module):
         rec = self.project(self.to_pixels(x))
         return self.classifier(self.to_normalised(rec))
 
+    def forward_bpda(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward``'s outputs with the projection treated as the identity when differentiating
+        (straight-through BPDA): the classifier sees ``x + (G(z*) - x)`` with the bracket detached."""
+        x01 = self.to_pixels(x)
+        rec = self.project(x01)
+        return self.classifier(self.to_normalised(x01 + (rec - x01).detach()))
+
 
 def _train_gan(net: DefenseGANNet, data: Dataset, hp: Any, seed: int, progress: bool) -> dict[str, Any]:
     from tqdm.auto import tqdm
@@ -233,6 +243,7 @@ class DefenseGAN(Defense):
     HParams = DefenseGANHParams
     randomized = True
     differentiable = False
+    bpda = True
     presets = {
         "digits": {"quick": dict(backbone="tiny_cnn", epochs=8, batch_size=64, optimizer="adam", lr=3e-3,
                                  gan_loss="wgan-gp", gan_iters=300, gan_lr=5e-4, gan_width=32, latent_dim=32,

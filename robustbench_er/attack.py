@@ -7,11 +7,17 @@ An attack plugin is a class registered with ``@register_attack("name")``. It dec
   ``"min"`` (``run(model, x, y) -> x_adv``, the smallest adversarial example it finds; one run
   gives the whole accuracy-vs-epsilon curve);
 * ``access``: ``"gradient"``, ``"score"`` or ``"decision"`` (label only);
+* ``single_step``: True for a one-step gradient attack (FGSM); the cross-attack checks treat
+  every other gradient attack as iterative;
 * ``Params``: a dataclass of its parameters (validated in ``__post_init__`` or ``validate``).
 
 Attacks never decide what counts: :func:`verify` re-checks every returned example (inside the
 ball up to a float tolerance, inside [0, 1], misclassified by a fresh forward pass, a majority
 over n passes for randomized models). An attack's own success flag is never trusted.
+
+BPDA: a gradient attack on a defense that declares a differentiable approximation
+(``DefendedModel.bpda``) runs on :meth:`Attack.target`, the model whose outputs are the real
+defense's and whose gradients are the approximation's; :func:`verify` always uses the real model.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class Attack:
     norms: ClassVar[tuple[str, ...]] = ("Linf",)
     kind: ClassVar[str] = "fixed"
     access: ClassVar[str] = "gradient"
+    #: one gradient step (FGSM); the cross-attack checks compare it with the iterative attacks
+    single_step: ClassVar[bool] = False
     Params: ClassVar[type[AttackParams]] = AttackParams
     #: a fixed-epsilon attack that accepts ``x_init`` (warm start from the last epsilon)
     warm_start: ClassVar[bool] = False
@@ -90,25 +98,43 @@ class Attack:
             raise UserInputError(f"EOT samples must be at least 1; got {self.params.eot}.")
         self.validate()
         self.queries = 0
+        #: set by :meth:`check_model` when gradients come from the defense's BPDA approximation
+        self.bpda = False
 
     def validate(self) -> None:
         """Check ``self.params``; raise UserInputError with one sentence."""
 
     def describe(self) -> dict[str, Any]:
-        return {"attack": self.name, "norm": self.norm, "params": dataclasses.asdict(self.params)}
+        out: dict[str, Any] = {"attack": self.name, "norm": self.norm, "params": dataclasses.asdict(self.params)}
+        if self.bpda:
+            out["bpda"] = True
+        return out
 
     def check_model(self, model: DefendedModel) -> None:
-        """Refuse a model this attack cannot run on (called once per cell)."""
-        if self.access == "gradient" and not getattr(model, "differentiable", True):
+        """Refuse a model this attack cannot run on (called once per cell).
+
+        A gradient attack on a defense with a BPDA approximation is let through and remembers it
+        (``self.bpda``, recorded by :meth:`describe`); it must then run on :meth:`target`.
+        """
+        self.bpda = self.access == "gradient" and bool(getattr(model, "bpda", False))
+        if self.access == "gradient" and not self.bpda and not getattr(model, "differentiable", True):
             raise UserInputError(
-                f"Attack {self.name!r} needs gradients, but this defense is declared non-differentiable;"
-                " use a score- or decision-based attack."
+                f"Attack {self.name!r} needs gradients, but this defense is declared non-differentiable"
+                " and declares no BPDA approximation; use a score- or decision-based attack."
             )
         if self.access == "decision" and getattr(model, "randomized", False) and self.params.eot < 2:
             raise UserInputError(
                 f"Attack {self.name!r} is decision-based and the defense is randomized; set eot >= 2"
                 " so each query is a majority vote."
             )
+
+    def target(self, model: DefendedModel) -> DefendedModel:
+        """The model ``run`` attacks: ``model`` itself, or for a gradient attack on a BPDA defense
+        its approximate-gradient twin (same outputs, the approximation's gradients). Verification
+        never uses it."""
+        if self.access == "gradient" and model.bpda:
+            return model.bpda_model()
+        return model
 
     def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -123,6 +149,8 @@ def validate_attack_class(name: str, obj: Any) -> None:
         raise TypeError(f"Attack {name!r}: kind must be one of {KINDS}.")
     if obj.access not in ACCESS:
         raise TypeError(f"Attack {name!r}: access must be one of {ACCESS}.")
+    if not isinstance(obj.single_step, bool) or (obj.single_step and obj.access != "gradient"):
+        raise TypeError(f"Attack {name!r}: single_step must be a bool, and True only for a gradient attack.")
     if not obj.norms or any(n not in NORMS for n in obj.norms):
         raise TypeError(f"Attack {name!r}: norms must be a non-empty subset of {NORMS}.")
     if not (dataclasses.is_dataclass(obj.Params) and issubclass(obj.Params, AttackParams)):

@@ -23,20 +23,27 @@ Per cell:
   (Linf 0.5, L2 0.5 sqrt(d), L1 0.5 d) the attack leaves more than 10% standing;
 * ``noise-stronger``: random noise of the same norm at the cell's largest eps breaks more of
   (up to 64) clean-correct points than the attack did at that eps;
-* ``autoattack-check``: the attack object reports warnings (``attack.warnings``, a list of
-  strings; the AutoAttack adapter passes on AutoAttack's own checks).
+* ``attack-warnings``: the attack object reports warnings (``attack.warnings``, a list of
+  strings; the AutoAttack adapter passes on AutoAttack's own checks);
+* ``bpda-gradients``: a gradient attack ran on a defense's BPDA approximation (information:
+  its gradients are approximate, its examples were verified on the real defense).
 
-Across attacks of one (dataset, defense, norm), in the report:
+Across attacks of one (dataset, defense, norm), in the report, each decided by an exact
+McNemar test on the points both attacks ran (:func:`mcnemar_p`, one-sided, :data:`ALPHA`):
 
-* ``single-step-stronger``: FGSM leaves fewer points standing than an iterative attack at some eps;
-* ``black-box-stronger``: a score- or decision-based attack (Square, RayS, Boundary) leaves
-  fewer standing than a white-box gradient attack (PGD, APGD, AutoAttack) at some eps.
+* ``single-step-stronger``: a single-step attack (``Attack.single_step``) breaks significantly
+  more points than an iterative gradient attack at some eps;
+* ``black-box-stronger``: a score- or decision-based attack (``Attack.access``) breaks
+  significantly more points than a fixed-epsilon iterative gradient attack at some eps.
+
+The checks name no attack: they read the attributes each attack declares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,15 +64,10 @@ LARGE_EPS_MAX_ACC = 0.10
 ZERO_GRAD_SHARE = 0.10
 #: random noise draws per point in the noise check (a point counts if any draw breaks it)
 NOISE_DRAWS = 4
-#: two accuracies closer than this are treated as equal when comparing attacks
-MARGIN = 0.005
+#: significance level of the cross-attack flags (one-sided exact McNemar test)
+ALPHA = 0.05
 #: accuracies read from the same outcomes must agree to this tolerance
 EXACT = 1e-9
-#: label prefixes of attacks that see no gradients / that are white-box gradient attacks
-BLACK_BOX_PREFIXES = ("square", "rays", "boundary")
-WHITE_BOX_PREFIXES = ("pgd", "apgd", "autoattack")
-SINGLE_STEP_PREFIXES = ("fgsm",)
-ITERATIVE_PREFIXES = ("pgd", "mim", "apgd", "bim", "autoattack")
 
 
 def large_eps(norm: str, dim: int) -> float:
@@ -280,7 +282,15 @@ def attack_warning_flags(attack: Any) -> dict[str, str]:
     warnings = getattr(attack, "warnings", None)
     if isinstance(warnings, (list, tuple)) and warnings:
         text = " | ".join(" ".join(str(w).split()) for w in warnings)
-        return {"autoattack-check": text}
+        return {"attack-warnings": text}
+    return {}
+
+
+def bpda_flags(attack_spec: dict[str, Any], label: str) -> dict[str, str]:
+    """Say when a gradient attack ran on the defense's BPDA approximation."""
+    if attack_spec.get("bpda"):
+        return {"bpda-gradients": f"{label} used the defense's BPDA approximation for gradients"
+                                  " (approximate gradients; every example verified on the real defense)"}
     return {}
 
 
@@ -312,49 +322,120 @@ def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
                                  correct["broken_at"].to_numpy(dtype=float), grid[-1], norm, int(cell.eot),
                                  _seed(cell.cell_id, "noise"), label))
     flags.update(attack_warning_flags(cell.attack))
+    flags.update(bpda_flags(cell.spec.get("attack", {}), label))
     return flags
 
 
 # ---- across attacks -------------------------------------------------------------------------
 
-def cross_attack_flags(curves: dict[str, tuple[list[float], np.ndarray]], access: dict[str, str],
-                       kinds: dict[str, str]) -> dict[str, str]:
-    """Compare attacks of one (dataset, defense, norm): curves maps label -> (grid, accuracy)."""
+@dataclass
+class AttackRun:
+    """One attack's per-sample outcomes in a (dataset, defense, norm) group, with what it declares.
+
+    ``outcomes`` has ``sample_id``, ``clean_correct`` and ``broken_at`` (NaN = never broken);
+    ``grid`` is where a fixed-epsilon attack ran (a minimization attack is defined at every eps).
+    """
+
+    outcomes: pd.DataFrame
+    grid: list[float]
+    access: str = "gradient"
+    kind: str = "fixed"
+    single_step: bool = False
+
+    def defined_at(self, eps: float) -> bool:
+        return self.kind == "min" or any(abs(e - eps) <= EXACT for e in self.grid)
+
+
+def attack_run(outcomes: pd.DataFrame, grid: list[float], spec: dict[str, Any]) -> AttackRun:
+    """An :class:`AttackRun` from a cell's outcomes and spec (``access``, ``kind``, ``single_step``).
+
+    A spec written before ``single_step`` was recorded takes it from the registered attack class.
+    """
+    single = spec.get("single_step")
+    if single is None:
+        from robustbench_er.errors import UserInputError
+        from robustbench_er.registry import get_attack
+
+        try:
+            single = bool(get_attack(str(spec.get("attack", {}).get("attack", ""))).single_step)
+        except UserInputError:  # an attack no longer registered: assume iterative
+            single = False
+    return AttackRun(outcomes, [float(e) for e in grid], str(spec.get("access", "gradient")),
+                     str(spec.get("kind", "fixed")), bool(single))
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value: P(X >= b) for X ~ Binomial(b + c, 1/2).
+
+    ``b`` counts the discordant points the first attack breaks and the second does not, ``c``
+    the reverse; a small p says the first attack is stronger on these points.
+    """
+    n = b + c
+    if n == 0:
+        return 1.0
+    try:
+        from scipy.stats import binomtest
+    except ImportError:  # the exact tail, written out
+        return min(1.0, sum(math.comb(n, k) for k in range(b, n + 1)) / 2.0 ** n)
+    return float(binomtest(b, n, 0.5, alternative="greater").pvalue)
+
+
+def _standing(run: AttackRun, ids: np.ndarray, eps: float) -> np.ndarray:
+    """Per id (in ``ids`` order): clean-correct and not broken at or below ``eps``."""
+    frame = run.outcomes.set_index("sample_id").loc[ids]
+    cc = frame["clean_correct"].to_numpy().astype(bool)
+    ba = np.nan_to_num(frame["broken_at"].to_numpy(dtype=float), nan=np.inf)
+    return cc & ~(ba <= eps + EXACT)
+
+
+def paired_comparison(weak: AttackRun, strong: AttackRun) -> dict[str, Any] | None:
+    """The eps where ``weak`` is most significantly stronger than ``strong`` on their shared points.
+
+    Returns ``{eps, b, c, p, n, acc_weak, acc_strong}`` (b: points ``strong`` leaves standing and
+    ``weak`` does not, c: the reverse; p from :func:`mcnemar_p`), or None when they share no point
+    or no eps.
+    """
+    ids = np.intersect1d(weak.outcomes["sample_id"].to_numpy(), strong.outcomes["sample_id"].to_numpy())
+    if len(ids) == 0:
+        return None
+    grid = sorted({float(e) for e in list(weak.grid) + list(strong.grid)})
+    best: dict[str, Any] | None = None
+    for e in grid:
+        if not (weak.defined_at(e) and strong.defined_at(e)):
+            continue
+        # a randomized defense's clean pass may differ between cells: compare what is left standing
+        sw, ss = _standing(weak, ids, e), _standing(strong, ids, e)
+        b, c = int((ss & ~sw).sum()), int((sw & ~ss).sum())
+        p = mcnemar_p(b, c)
+        if best is None or p < best["p"]:
+            best = {"eps": e, "b": b, "c": c, "p": p, "n": len(ids),
+                    "acc_weak": float(sw.mean()), "acc_strong": float(ss.mean())}
+    return best
+
+
+def cross_attack_flags(runs: dict[str, AttackRun], alpha: float = ALPHA) -> dict[str, str]:
+    """Compare the attacks of one (dataset, defense, norm) group pairwise on their shared points.
+
+    A flag fires when an attack expected to be weaker (single-step vs iterative; black-box vs a
+    fixed-epsilon iterative gradient attack) breaks significantly more points at some eps: exact
+    McNemar test, one-sided, p < ``alpha``. The detail gives both accuracies, b, c and p.
+    """
+    iterative = [lab for lab, r in runs.items() if r.access == "gradient" and not r.single_step]
+    single = [lab for lab, r in runs.items() if r.access == "gradient" and r.single_step]
+    white = [lab for lab in iterative if runs[lab].kind == "fixed"]
+    black = [lab for lab, r in runs.items() if r.access in ("score", "decision")]
     flags: dict[str, str] = {}
-
-    def at(label: str, eps: float) -> float | None:
-        g, a = curves[label]
-        for e, v in zip(g, a):
-            if abs(e - eps) < EXACT:
-                return float(v)
-        return None
-
-    def first_lower(weak: str, strong: str) -> tuple[float, float, float] | None:
-        """The first eps of ``strong``'s grid where ``weak`` leaves fewer standing than ``strong``."""
-        for e in curves[strong][0]:
-            va, vb = at(weak, e), at(strong, e)
-            if va is not None and vb is not None and va + MARGIN < vb:
-                return float(e), va, vb
-        return None
-
-    labels = list(curves)
-    single = [lab for lab in labels if lab.lower().startswith(SINGLE_STEP_PREFIXES)]
-    iterative = [lab for lab in labels if lab.lower().startswith(ITERATIVE_PREFIXES)]
-    for s in single:
-        for it in iterative:
-            hit = first_lower(s, it)
-            if hit and "single-step-stronger" not in flags:
-                e, va, vb = hit
-                flags["single-step-stronger"] = f"{s} {va:.3f} < {it} {vb:.3f} at eps {e:g}"
-    white = [lab for lab in labels if lab not in single
-             and (lab.lower().startswith(WHITE_BOX_PREFIXES)
-                  or (access.get(lab) == "gradient" and kinds.get(lab) == "fixed"))]
-    black = [lab for lab in labels if lab not in white
-             and (access.get(lab) in ("score", "decision") or lab.lower().startswith(BLACK_BOX_PREFIXES))]
-    for bl in black:
-        for w in white:
-            hit = first_lower(bl, w)
-            if hit and "black-box-stronger" not in flags:
-                e, vb, vw = hit
-                flags["black-box-stronger"] = f"{bl} {vb:.3f} < {w} {vw:.3f} at eps {e:g}"
+    for name, weak_labels, strong_labels in (("single-step-stronger", single, iterative),
+                                             ("black-box-stronger", black, white)):
+        found: tuple[str, str, dict[str, Any]] | None = None
+        for wl in weak_labels:
+            for sl in strong_labels:
+                hit = paired_comparison(runs[wl], runs[sl])
+                if hit and hit["p"] < alpha and (found is None or hit["p"] < found[2]["p"]):
+                    found = (wl, sl, hit)
+        if found:
+            wl, sl, h = found
+            flags[name] = (f"{wl} {h['acc_weak']:.3f} < {sl} {h['acc_strong']:.3f} at eps {h['eps']:g} on"
+                           f" {h['n']} shared points: {wl} alone breaks b={h['b']}, {sl} alone c={h['c']}"
+                           f" (exact McNemar, one-sided p={h['p']:.2g})")
     return flags

@@ -6,11 +6,13 @@ A defense plugin is a class registered with ``@register_defense("name")``::
     class Mine(Defense):
         HParams = MineHParams              # a dataclass subclassing defense.HParams
         presets = {"mnist5k": {"quick": {...}, "paper": {...}}}
-        def build(self, spec, hp): ...     # -> nn.Module taking [0, 1] images
+        def build(self, spec, hp): ...     # -> nn.Module taking normalised images
         def train(self, model, data, hp, seed, progress): ...   # -> dict report
 
-The harness wraps what ``build`` returns in a :class:`DefendedModel` (normalisation inside,
-``predict(x) -> logits`` for x in [0, 1], optional ``embed``), trains it, and saves it as a
+``build`` returns a network on normalised images, ``(x - spec.mean) / spec.std`` (x itself when
+the dataset has no mean). The harness wraps it in a :class:`DefendedModel` (normalisation
+inside, ``predict(x) -> logits`` for x in [0, 1], optional ``embed``) as the plugin's class
+attributes declare (``output``, ``randomized``, ``differentiable``, ``bpda``), trains it, and saves it as a
 checkpoint: weights in safetensors plus JSON metadata. A trained checkpoint's folder is named by
 the hash of its spec (defense, dataset, profile, hyper-parameters, seed), so a sweep that asks
 for the same spec reuses it instead of retraining. The results of a model are keyed on
@@ -42,6 +44,8 @@ from robustbench_er.files import atomic_path, write_text_atomic
 log = logging.getLogger(__name__)
 
 PROFILES = ("quick", "paper")
+#: what a defense's network returns: logits, or probabilities (turned into log-probabilities)
+OUTPUTS = ("logits", "probs")
 
 
 @dataclass
@@ -101,7 +105,11 @@ class DefendedModel(nn.Module):
     element used), a dict (key ``logits``) or probabilities (declare ``output="probs"``: they
     are turned into log-probabilities, which have the same argmax and usable gradients).
     ``randomized`` declares a stochastic forward (attacks then use EOT and predictions a
-    majority vote over ``n_passes``); ``differentiable=False`` tells gradient attacks to stay away.
+    majority vote over ``n_passes``); ``differentiable=False`` tells gradient attacks to stay away
+    unless ``bpda=True``: the network then has ``forward_bpda(x)``, a forward with the same
+    outputs as ``forward`` whose gradients are a differentiable approximation of the defense
+    (BPDA, Athalye et al. 2018). Gradient attacks run on :meth:`bpda_model`; ``predict`` and
+    ``predict_label`` (and so verification) always use the real forward.
     """
 
     #: normalisation buffers (registered in ``__init__``), None when no ``mean`` is given
@@ -110,16 +118,22 @@ class DefendedModel(nn.Module):
 
     def __init__(self, net: nn.Module, classes: int, *, mean: tuple[float, ...] = (),
                  std: tuple[float, ...] = (), randomized: bool = False, differentiable: bool = True,
-                 output: str = "logits", n_passes: int = 1) -> None:
+                 output: str = "logits", n_passes: int = 1, bpda: bool = False) -> None:
         super().__init__()
-        if output not in ("logits", "probs"):
+        if output not in OUTPUTS:
             raise UserInputError(f"output must be 'logits' or 'probs', not {output!r}.")
+        if bpda and not callable(getattr(net, "forward_bpda", None)):
+            raise UserInputError("A defense declared bpda=True must give its network a forward_bpda(x) method.")
         self.net = net
         self.classes = classes
         self.randomized = randomized
         self.differentiable = differentiable
+        self.bpda = bpda
         self.output = output
         self.n_passes = max(1, int(n_passes)) if randomized else 1
+        #: True on the twin :meth:`bpda_model` returns: ``predict`` goes through ``forward_bpda``
+        self.approximate_gradients = False
+        self._norm_args = (tuple(mean), tuple(std))
         if mean:
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -143,10 +157,28 @@ class DefendedModel(nn.Module):
         raise UserInputError("The model must return a tensor, a tuple whose first item is the logits, or a dict with 'logits'.")
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        out = self._unpack(self.net(self.normalize(x)))
+        z = self.normalize(x)
+        if self.approximate_gradients:
+            fn = cast(Callable[[torch.Tensor], Any], self.net.forward_bpda)
+            out = self._unpack(fn(z))
+        else:
+            out = self._unpack(self.net(z))
         if self.output == "probs":
             out = torch.log(out.clamp_min(1e-12))
         return out
+
+    def bpda_model(self) -> DefendedModel:
+        """The model gradient attacks run on: a twin sharing this network whose ``predict``
+        uses ``forward_bpda`` (the defense's outputs, the approximation's gradients), or ``self``
+        when the defense declares no approximation."""
+        if not self.bpda:
+            return self
+        mean, std = self._norm_args
+        twin = DefendedModel(self.net, self.classes, mean=mean, std=std, randomized=self.randomized,
+                             differentiable=True, output=self.output, n_passes=self.n_passes, bpda=True)
+        twin.approximate_gradients = True
+        twin.training = self.training
+        return twin.to(device_of(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x)
@@ -195,14 +227,21 @@ def check_model_output(model: DefendedModel, x: torch.Tensor) -> None:
 
 class Defense:
     """Base class of defense plugins. Subclasses set ``HParams``, ``presets`` and implement
-    ``build`` and ``train``; set ``randomized = True`` for a stochastic forward."""
+    ``build`` (a network on normalised images) and ``train``. Plain class attributes declare
+    how the network behaves; :meth:`wrap` passes them to :class:`DefendedModel`."""
 
     name: ClassVar[str] = ""
     HParams: ClassVar[type[HParams]] = HParams
     #: {dataset: {profile: {field: value}}}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    #: "logits", or "probs" for a network that returns probabilities (the wrapper takes their log)
+    output: ClassVar[str] = "logits"
+    #: a stochastic forward (attacks use EOT, predictions are majority votes)
     randomized: ClassVar[bool] = False
+    #: False: gradients through the forward are meaningless (gradient attacks refused unless bpda)
     differentiable: ClassVar[bool] = True
+    #: the network has ``forward_bpda``: gradient attacks use its gradients (BPDA)
+    bpda: ClassVar[bool] = False
     #: a defense that only loads given weights (no training) sets this to False
     trainable: ClassVar[bool] = True
 
@@ -214,10 +253,10 @@ class Defense:
         raise NotImplementedError
 
     def wrap(self, net: nn.Module, spec: DatasetSpec, hp: Any) -> DefendedModel:
-        """Wrap the built network; override to change normalisation or passes."""
+        """Wrap the built network as the class attributes declare (``n_passes`` from ``hp``)."""
         return DefendedModel(net, spec.classes, mean=spec.mean, std=spec.std,
                              randomized=self.randomized, differentiable=self.differentiable,
-                             n_passes=int(getattr(hp, "n_passes", 1)))
+                             output=self.output, n_passes=int(getattr(hp, "n_passes", 1)), bpda=self.bpda)
 
     # ---- hyper-parameters -------------------------------------------------------------------
     @classmethod
@@ -263,6 +302,11 @@ def validate_defense_class(name: str, obj: Any) -> None:
         raise TypeError(f"Defense {name!r}: HParams must be a dataclass subclassing defense.HParams.")
     if obj.build is Defense.build:
         raise TypeError(f"Defense {name!r} must implement build(spec, hp).")
+    if obj.output not in OUTPUTS:
+        raise TypeError(f"Defense {name!r}: output must be one of {OUTPUTS}, not {obj.output!r}.")
+    for flag in ("randomized", "differentiable", "bpda", "trainable"):
+        if not isinstance(getattr(obj, flag), bool):
+            raise TypeError(f"Defense {name!r}: {flag} must be True or False.")
     if obj.trainable and obj.train is Defense.train:
         raise TypeError(f"Defense {name!r} must implement train(model, data, hp, seed, progress).")
     fields = {f.name for f in dataclasses.fields(obj.HParams)}

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustbench_er.checks import cross_attack_flags
+from robustbench_er.checks import attack_run, cross_attack_flags
 from robustbench_er.errors import UserInputError
 from robustbench_er.files import atomic_path, write_text_atomic
 from robustbench_er.metrics import EPS_TOL, auc, curve, pretty_eps, worst_case
@@ -226,21 +226,14 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
             attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
             flags=";".join(sorted(cell_flags)),
             flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=ckpt))
-        group_attacks = [r for r in attack_rows if r["dataset"] == dataset and r["defense"] == defense
-                         and r["checkpoint"] == ckpt and r["norm"] == norm]
-        heads = {labels[c[0]] for c in chains}
-        same: dict[str, tuple[list[float], np.ndarray]] = {}
-        common: set[int] | None = None
+        # compare attacks pairwise on the points both ran (e.g. PGD on 1,000 vs RayS on 100); a
+        # cascade's later stages hold cumulative outcomes, so only each chain's first stage compares
+        runs = {}
         for chain in chains:
-            ids_c = set(by_cell[chain[0]]["sample_id"].tolist())
-            common = ids_c if common is None else common & ids_c
-        for r in group_attacks:
-            if r["attack"] in heads:  # an attack's own curve: a cascade's later stages are cumulative
-                cid = next(c for c, lab in labels.items() if lab == r["attack"])
-                out = by_cell[cid]
-                same[r["attack"]] = (r["grid"], curve(out[out["sample_id"].isin(common or set())], r["grid"]))
-        new = cross_attack_flags(same, {r["attack"]: r["access"] for r in group_attacks},
-                                 {r["attack"]: r["kind"] for r in group_attacks})
+            cid = chain[0]
+            runs[labels[cid]] = attack_run(by_cell[cid], info[cid][1] if info[cid][0] == "fixed" else union,
+                                           specs[cid])
+        new = cross_attack_flags(runs)
         if new:
             b = board_rows[-1]
             merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}

@@ -284,6 +284,8 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
                     "reports_as": attack.leaderboard_field,
                     "retry": bool(attack.search_retry) if search == "bisect" else False}
+            if attack.single_step:  # only when set, so other cells keep their ids
+                spec["single_step"] = True
             cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
                         cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
             cells.append(cell)
@@ -361,11 +363,11 @@ def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all:
         bpos = torch.as_tensor(pos[sel], device=dev)
         xb, yb = x_all[bpos], y_all[bpos]
         if eps is None:
-            x_adv = cell.attack.run(model, xb, yb, generator=gen)
+            x_adv = cell.attack.run(cell.attack.target(model), xb, yb, generator=gen)
             ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, None, cell.eot)
         else:
             e = torch.as_tensor(eps[sel], dtype=xb.dtype, device=dev)
-            x_adv = cell.attack.run(model, xb, yb, e, generator=gen)
+            x_adv = cell.attack.run(cell.attack.target(model), xb, yb, e, generator=gen)
             ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, e, cell.eot)
         ok_all[sel] = ok.cpu().numpy()
         norms_all[sel] = norms.cpu().numpy()

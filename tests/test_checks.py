@@ -3,12 +3,13 @@ undefended digits model with a working attack (robustbench_er/checks.py)."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,32 +93,78 @@ def test_model_checks_leave_global_rng_alone(none_digits, digits):
     assert torch.equal(torch.rand(3), expected)
 
 
-# ---- cross-attack checks on curves --------------------------------------------------------
+# ---- cross-attack checks: exact McNemar on per-sample outcomes ------------------------------
 
-def test_single_step_stronger():
-    g = [0.0, 0.1, 0.2]
-    curves = {"pgd": (g, np.array([0.9, 0.5, 0.2])), "fgsm": (g, np.array([0.9, 0.4, 0.3]))}
-    flags = checks.cross_attack_flags(curves, {"pgd": "gradient", "fgsm": "gradient"},
-                                      {"pgd": "fixed", "fgsm": "fixed"})
-    assert set(flags) == {"single-step-stronger"} and "eps 0.1" in flags["single-step-stronger"]
-    curves["fgsm"] = (g, np.array([0.9, 0.6, 0.3]))
-    assert checks.cross_attack_flags(curves, {}, {}) == {}
+def _run(broken_at: list[float], *, access: str = "gradient", kind: str = "fixed", single_step: bool = False,
+         grid: list[float] | None = None, ids: list[int] | None = None) -> checks.AttackRun:
+    """Outcomes of an attack: every point clean-correct; NaN = never broken."""
+    ids = list(range(len(broken_at))) if ids is None else ids
+    frame = pd.DataFrame({"sample_id": ids, "clean_correct": True, "broken_at": broken_at})
+    return checks.AttackRun(frame, [0.0, 0.1, 0.2] if grid is None else grid, access, kind, single_step)
 
 
-def test_black_box_stronger():
-    g = [0.0, 0.1, 0.2]
-    acc = {"pgd": (g, np.array([0.9, 0.5, 0.2])), "rays": (g, np.array([0.9, 0.3, 0.1])),
-           "fgsm": (g, np.array([0.9, 0.7, 0.6]))}
-    access = {"pgd": "gradient", "rays": "decision", "fgsm": "gradient"}
-    kinds = {"pgd": "fixed", "rays": "min", "fgsm": "fixed"}
-    flags = checks.cross_attack_flags(acc, access, kinds)
-    assert set(flags) == {"black-box-stronger"} and flags["black-box-stronger"].startswith("rays")
+def _breaks(n: int, at: dict[int, float]) -> list[float]:
+    return [at.get(i, math.nan) for i in range(n)]
+
+
+def test_mcnemar_p_is_the_exact_binomial_tail():
+    assert checks.mcnemar_p(0, 0) == 1.0
+    assert checks.mcnemar_p(5, 0) == pytest.approx(1 / 32)
+    assert checks.mcnemar_p(9, 1) == pytest.approx(11 / 1024)
+    assert checks.mcnemar_p(1, 9) == pytest.approx(1 - 1 / 1024)
+    assert checks.mcnemar_p(3, 3) == pytest.approx(42 / 64)
+
+
+def test_one_sample_difference_does_not_flag():
+    # at n = 200 the black-box attack leaves 76.0% vs PGD's 79.0%: 6 discordant points, all its way
+    n = 200
+    pgd_run = _run(_breaks(n, {i: 0.1 for i in range(42)}))
+    sq = _run(_breaks(n, {i: 0.1 for i in range(40)} | {100: 0.1}), access="score")
+    assert checks.cross_attack_flags({"pgd": pgd_run, "square": sq}) == {}  # 1 vs 3 discordant
+
+
+def test_black_box_stronger_needs_significance_and_prints_b_c_p():
+    n = 200
+    pgd_run = _run(_breaks(n, {i: 0.1 for i in range(40)}))
+    rays = _run(_breaks(n, {i: 0.05 for i in range(40)} | {i: 0.15 for i in range(100, 110)}),
+                access="decision", kind="min")
+    flags = checks.cross_attack_flags({"pgd": pgd_run, "rays": rays})
+    detail = flags["black-box-stronger"]
+    assert set(flags) == {"black-box-stronger"}
+    assert "at eps 0.2" in detail and "b=10" in detail and "c=0" in detail and "p=0.00098" in detail
+    # 5 of 10 extra breaks only: p = 1/32 < 0.05 still flags; 4 does not (p = 1/16)
+    for extra, flagged in ((5, True), (4, False)):
+        rays = _run(_breaks(n, {i: 0.1 for i in range(40)} | {i: 0.2 for i in range(100, 100 + extra)}),
+                    access="score")
+        assert ("black-box-stronger" in checks.cross_attack_flags({"pgd": pgd_run, "sq": rays})) == flagged
     # beating only the single-step attack is expected of a black-box attack
-    acc["rays"] = (g, np.array([0.9, 0.6, 0.3]))
-    assert checks.cross_attack_flags(acc, access, kinds) == {}
-    # recognised by label too (an adapter that does not declare its access)
-    acc2 = {"pgd": (g, np.array([0.9, 0.5, 0.2])), "square-5000": (g, np.array([0.9, 0.5, 0.1]))}
-    assert "black-box-stronger" in checks.cross_attack_flags(acc2, {}, {})
+    fgsm = _run(_breaks(n, {i: 0.2 for i in range(10)}), single_step=True)
+    assert checks.cross_attack_flags({"fgsm": fgsm, "rays": rays}) == {}
+
+
+def test_single_step_stronger_from_attributes_not_names():
+    n = 100
+    it = _run(_breaks(n, {i: 0.2 for i in range(10)}))
+    one = _run(_breaks(n, {i: 0.1 for i in range(30)}), single_step=True)
+    # the labels say nothing: the declared attributes decide
+    flags = checks.cross_attack_flags({"attack-a": it, "attack-b": one})
+    assert set(flags) == {"single-step-stronger"}
+    assert flags["single-step-stronger"].startswith("attack-b 0.700 < attack-a 1.000 at eps 0.1")
+    # without the attribute both are iterative gradient attacks: nothing to compare
+    assert checks.cross_attack_flags({"attack-a": it, "attack-b": _run(_breaks(n, {i: 0.1 for i in range(30)}))}) == {}
+
+
+def test_cross_attack_uses_only_shared_points_and_shared_eps():
+    # the black-box attack ran on points 0..49 only; there it breaks what PGD breaks
+    pgd_run = _run(_breaks(200, {i: 0.1 for i in range(100, 200)}))
+    sq = _run(_breaks(50, {}), access="score", grid=[0.1])
+    assert checks.cross_attack_flags({"pgd": pgd_run, "sq": sq}) == {}
+    sq2 = _run(_breaks(50, {i: 0.1 for i in range(20)}), access="score", grid=[0.1])
+    flag = checks.cross_attack_flags({"pgd": pgd_run, "sq": sq2})["black-box-stronger"]
+    assert "on 50 shared points" in flag and "eps 0.1" in flag
+    # no shared eps (fixed grids that do not meet): nothing is compared
+    sq3 = _run(_breaks(50, {i: 0.15 for i in range(20)}), access="score", grid=[0.15])
+    assert checks.cross_attack_flags({"pgd": pgd_run, "sq": sq3}) == {}
 
 
 # ---- cell-level checks from real sweeps ---------------------------------------------------
@@ -244,18 +291,29 @@ def test_weak_attack_is_flagged(none_sweep):
 def test_attack_warnings_become_a_flag(none_sweep):
     _, flags = none_sweep
     f = flags["test-warner"]
-    assert f["autoattack-check"] == ("it seems that the output is a probability distribution, please return logits")
-    assert "autoattack-check" not in flags["pgd"]
+    assert f["attack-warnings"] == ("it seems that the output is a probability distribution, please return logits")
+    assert "attack-warnings" not in flags["pgd"]
 
 
 def test_fgsm_not_stronger_than_pgd_in_the_leaderboard(none_sweep):
-    import pandas as pd
+    import json
 
     out, _ = none_sweep
     board = pd.read_csv(out / "leaderboard.csv")
     row = board.iloc[0]
-    assert "single-step-stronger" not in str(row["flags"])
+    # FGSM is significantly stronger than the identity "attack" (declared iterative), not than PGD
+    detail = str(row["flag_details"])
+    assert "single-step-stronger: fgsm" in detail and "< test-identity 0.9" in detail
     assert "noise-stronger" in str(row["flags"])  # the group's flags include the weak attack's
+    store = Store(out)
+    try:
+        cells = store.cells_frame()
+        runs = {r.attack_label: checks.attack_run(store.outcomes(r.cell_id), json.loads(r.grid), json.loads(r.spec))
+                for r in cells.itertuples() if r.attack_label in ("pgd", "fgsm")}
+    finally:
+        store.close()
+    assert runs["fgsm"].single_step and not runs["pgd"].single_step
+    assert checks.cross_attack_flags(runs) == {}
 
 
 def test_store_tampering_is_caught(none_sweep, tmp_path):

@@ -159,13 +159,15 @@ def test_defense_gan_reconstructs_closer_than_random_samples(gan_pair, digits) -
     assert ((rec - x) ** 2).mean() < 0.7 * ((rand - x) ** 2).mean()
 
 
-def test_defense_gan_is_declared_randomized_and_refuses_gradient_attacks(gan_pair) -> None:
+def test_defense_gan_is_declared_randomized_and_gradient_attacks_use_bpda(gan_pair) -> None:
     from attacks.pgd import PGD
 
     model = gan_pair[0].model
-    assert model.randomized and not model.differentiable
-    with pytest.raises(UserInputError):
-        PGD(norm="Linf").check_model(model)
+    assert model.randomized and not model.differentiable and model.bpda
+    attack = PGD(norm="Linf")
+    attack.check_model(model)  # let through: the defense declares a BPDA approximation
+    assert attack.bpda and attack.describe()["bpda"] is True
+    assert attack.target(model) is not model and attack.target(model).approximate_gradients
 
 
 def test_defense_gan_rejects_bad_hparams() -> None:

@@ -86,7 +86,8 @@ def config_from_dict(d: dict[str, Any], out: str | None, device: str, quiet: boo
     from robustbench_er.sweep import SweepConfig, parse_eps
 
     known = {"dataset", "profile", "samples", "norm", "eps", "headline", "defenses", "attacks", "seed", "out",
-             "data_dir", "batch_size", "eot", "sweeps", "plugins", "name", "description"}
+             "data_dir", "batch_size", "eot", "sweeps", "plugins", "name", "description", "mode", "search",
+             "l2_unit"}
     unknown = set(d) - known
     if unknown:
         raise UserInputError(f"Unknown experiment keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}.")
@@ -117,7 +118,8 @@ def config_from_dict(d: dict[str, Any], out: str | None, device: str, quiet: boo
         device=device, batch_size=int(d.get("batch_size", 128)), eot=int(d.get("eot", 10)),
         headline=float(parse_eps([d["headline"]] if not isinstance(d["headline"], str) else d["headline"])[0])
         if d.get("headline") is not None else None,
-        defense_overrides=overrides, progress=not quiet)
+        defense_overrides=overrides, progress=not quiet, mode=str(d.get("mode", "cascade")),
+        search=str(d.get("search", "bisect")), l2_unit=str(d.get("l2_unit", "l2")))
 
 
 def _run_config(cfg: Any, command: str, quiet: bool) -> int:
@@ -202,7 +204,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                       batch_size=args.batch_size, eot=args.eot,
                       headline=parse_eps(args.headline)[0] if args.headline else None,
                       defense_overrides={d: overrides for d in defenses} if overrides else {},
-                      checkpoints=checkpoints, progress=not args.quiet)
+                      checkpoints=checkpoints, progress=not args.quiet, mode=args.mode, search=args.search,
+                      l2_unit=args.l2_unit)
     return _run_config(cfg, _command(), args.quiet)
 
 
@@ -360,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--samples", type=int, default=500)
     sp.add_argument("--batch-size", type=int, default=128, help="attack batch size (default: %(default)s)")
     sp.add_argument("--eot", type=int, default=10, help="passes for EOT and majority votes on randomized defenses")
+    sp.add_argument("--mode", default="cascade", choices=["cascade", "independent"],
+                    help="cascade (default): each attack only on the points earlier ones left standing; "
+                         "independent: every attack on every point")
+    sp.add_argument("--search", default="bisect", choices=["bisect", "ascending"],
+                    help="how fixed-epsilon attacks walk the grid: per-sample bisection (default) or ascending")
+    sp.add_argument("--l2-unit", default="l2", choices=["l2", "rms"],
+                    help="unit of L2 epsilons: plain L2 (default) or RMS = L2 / sqrt(pixels)")
     sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard")
     common(sp)
     sp.set_defaults(func=cmd_sweep)

@@ -158,7 +158,7 @@ def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 
 # ---- typed values of plugin dataclasses -------------------------------------------------------
 
-def check_dataclass_values(cls: type, values: Mapping[str, Any], what: str) -> None:
+def check_dataclass_values(cls: type, values: Mapping[str, Any], what: str, owner: str = "") -> None:
     """Check ``values`` against the typed fields of the dataclass ``cls`` (strictly).
 
     Integers must be integers (``2.5`` and ``"abc"`` are refused), floats accept integers,
@@ -180,7 +180,8 @@ def check_dataclass_values(cls: type, values: Mapping[str, Any], what: str) -> N
         try:
             TypeAdapter(hint).validate_python(value, strict=True)
         except ValidationError as exc:
-            raise UserInputError(f"{what} {key!r}: must be {_type_words(hint)}, got {value!r}.") from exc
+            of = f" of {owner!r}" if owner else ""
+            raise UserInputError(f"{what} {key!r}{of} must be {_type_words(hint)}, got {value!r}.") from exc
         except Exception:  # a type pydantic cannot check: leave it to the dataclass
             continue
 
@@ -578,7 +579,7 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         if a.samples is not None and a.samples > n:
             raise UserInputError(f"{loc}.samples: must be between 1 and the sweep's {n} samples, got {a.samples}.")
         try:
-            check_dataclass_values(acls.Params, a.params, "parameter")
+            check_dataclass_values(acls.Params, a.params, "parameter", acls.name)
             make_attack(ac, spec.norm, False, spec.eot)
         except Exception as exc:
             raise _reraise(loc if not cli else f"--attack {a.label or a.name}", exc) from None
@@ -606,8 +607,13 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
 def sweep_config_from_flags(flags: Mapping[str, Any], *, progress: bool = True) -> Any:
     """The ``sweep`` command's flags (None = not given) -> a checked SweepConfig."""
     raw = {k: v for k, v in flags.items() if v is not None}
-    spec = _validate_spec(raw, lambda top, kind: "", cli=True)
-    return to_sweep_config(spec, cli=True, progress=progress)
+    try:
+        spec = _validate_spec(raw, lambda top, kind: "", cli=True)
+        return to_sweep_config(spec, cli=True, progress=progress)
+    except UserInputError:
+        raise
+    except Exception as exc:  # whatever else reading the inputs raises is still about the inputs
+        raise UserInputError(f"The sweep's flags cannot be read ({type(exc).__name__}: {exc}).") from exc
 
 
 @dataclass
@@ -620,7 +626,15 @@ class Experiment:
     name: str | None = None
 
     def configs(self, progress: bool = True) -> list[Any]:
-        return [to_sweep_config(s, where=w, progress=progress) for s, w in zip(self.specs, self.wheres)]
+        out = []
+        for spec, where in zip(self.specs, self.wheres):
+            try:
+                out.append(to_sweep_config(spec, where=where, progress=progress))
+            except UserInputError:
+                raise
+            except Exception as exc:  # whatever else checking raises is still about the inputs
+                raise _reraise(where or "the experiment", exc) from exc
+        return out
 
 
 def parse_experiment(raw: Any, *, out: str | None = None, device: str | None = None,

@@ -267,7 +267,7 @@ class Defense:
                 )
             values[k] = v
         # typed overrides: ints must be ints (epochs=1.5 is refused), floats accept ints, bools strict
-        check_dataclass_values(cls.HParams, overrides or {}, f"Hyper-parameter of {cls.name!r}")
+        check_dataclass_values(cls.HParams, overrides or {}, "Hyper-parameter", cls.name)
         try:
             hp = cls.HParams(**values)
         except (TypeError, ValueError) as exc:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from robustbench_er.errors import UserInputError
 
@@ -34,18 +34,6 @@ def _print(msg: str = "", quiet: bool = False) -> None:
         print(msg, flush=True)
 
 
-def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserInputError(f"--set expects KEY=VALUE; got {item!r}.")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
 def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
     from robustbench_er.registry import load_plugin_file
 
@@ -54,72 +42,26 @@ def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
         _print(f"loaded plugin {p}: {', '.join(names)}", quiet)
 
 
-def _split(value: str | Sequence[str]) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value]
+def parse_attack(text: str) -> Any:
+    """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
+    from robustbench_er.config import parse_attack_text
+    from robustbench_er.sweep import AttackConfig
+
+    try:
+        d = parse_attack_text(text)
+    except ValueError as exc:
+        raise UserInputError(f"--attack: {exc}.") from exc
+    return AttackConfig(d["name"], d["params"], label=d.get("label"))
 
 
-def _attack_configs(items: Any) -> list[Any]:
-    from robustbench_er.sweep import AttackConfig, parse_eps
+def experiment_configs(raw: dict[str, Any], *, out: str | None, device: str | None, quiet: bool,
+                       source: str = "the experiment") -> list[Any]:
+    """Parse a whole experiment (every sweep), load its plugins, check everything; no work done."""
+    from robustbench_er.config import parse_experiment
 
-    out = []
-    for a in _split(items) if isinstance(items, str) else items:
-        if isinstance(a, str):
-            out.append(AttackConfig(a))
-        elif isinstance(a, dict):
-            if "name" not in a:
-                raise UserInputError("Every attack entry needs a 'name'.")
-            unknown = set(a) - {"name", "params", "eps", "samples", "label"}
-            if unknown:
-                raise UserInputError(f"Attack entry {a['name']!r} has unknown keys: {', '.join(sorted(unknown))}.")
-            out.append(AttackConfig(a["name"], dict(a.get("params") or {}),
-                                    parse_eps(str(a["eps"]) if not isinstance(a["eps"], list) else a["eps"])
-                                    if a.get("eps") is not None else None,
-                                    a.get("samples"), a.get("label")))
-        else:
-            raise UserInputError(f"Cannot read attack entry {a!r}.")
-    return out
-
-
-def config_from_dict(d: dict[str, Any], out: str | None, device: str, quiet: bool) -> Any:
-    from robustbench_er.sweep import SweepConfig, parse_eps
-
-    known = {"dataset", "profile", "samples", "norm", "eps", "headline", "defenses", "attacks", "seed", "out",
-             "data_dir", "batch_size", "eot", "sweeps", "plugins", "name", "description", "mode", "search",
-             "l2_unit"}
-    unknown = set(d) - known
-    if unknown:
-        raise UserInputError(f"Unknown experiment keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}.")
-    for key in ("dataset", "defenses", "attacks", "eps"):
-        if key not in d:
-            raise UserInputError(f"The experiment needs a {key!r} entry.")
-    defenses = d["defenses"]
-    overrides: dict[str, dict[str, Any]] = {}
-    names: list[str] = []
-    if isinstance(defenses, dict):
-        for k, v in defenses.items():
-            names.append(k)
-            overrides[k] = dict(v or {})
-    else:
-        for item in _split(defenses) if isinstance(defenses, str) else defenses:
-            if isinstance(item, dict):
-                for k, v in item.items():
-                    names.append(k)
-                    overrides[k] = dict(v or {})
-            else:
-                names.append(str(item))
-    eps = d["eps"]
-    return SweepConfig(
-        dataset=str(d["dataset"]), defenses=names, attacks=_attack_configs(d["attacks"]),
-        eps=parse_eps(eps if not isinstance(eps, (int, float)) else [eps]) if not isinstance(eps, str) else parse_eps(eps),
-        norm=str(d.get("norm", "Linf")), samples=d.get("samples", 500), profile=str(d.get("profile", "quick")),
-        seed=int(d.get("seed", 0)), out=Path(out or d.get("out") or "results"), data_dir=d.get("data_dir"),
-        device=device, batch_size=int(d.get("batch_size", 128)), eot=int(d.get("eot", 10)),
-        headline=float(parse_eps([d["headline"]] if not isinstance(d["headline"], str) else d["headline"])[0])
-        if d.get("headline") is not None else None,
-        defense_overrides=overrides, progress=not quiet, mode=str(d.get("mode", "cascade")),
-        search=str(d.get("search", "bisect")), l2_unit=str(d.get("l2_unit", "l2")))
+    exp = parse_experiment(raw, out=out, device=device, source=source)
+    _load_plugins(exp.plugins, quiet)
+    return exp.configs(progress=not quiet)
 
 
 def _run_config(cfg: Any, command: str, quiet: bool) -> int:
@@ -175,101 +117,69 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from pydantic import TypeAdapter, ValidationError
+
+    from robustbench_er.config import check_device, check_output_folder, parse_sets
     from robustbench_er.data import load_dataset
     from robustbench_er.defense import get_or_train
     from robustbench_er.device import resolve_device
 
+    try:
+        seed = TypeAdapter(int).validate_python(args.seed or 0)
+    except ValidationError:
+        raise UserInputError(f"--seed: must be an integer, got {args.seed!r}.") from None
+    if args.profile not in (None, "quick", "paper"):
+        raise UserInputError(f"--profile: must be quick or paper, got {args.profile!r}.")
+    overrides = parse_sets(args.set)
+    check_device(args.device or "auto", "--device")
+    check_output_folder(args.out, "--out")
     data = load_dataset(args.dataset, args.data_dir, args.download)
-    t = get_or_train(args.defense, data, profile=args.profile, seed=args.seed, out=Path(args.out),
-                     overrides=_parse_sets(args.set), device=resolve_device(args.device), progress=not args.quiet)
+    t = get_or_train(args.defense, data, profile=args.profile or "quick", seed=seed, out=Path(args.out),
+                     overrides=overrides, device=resolve_device(args.device or "auto"), progress=not args.quiet)
     how = "reused" if t.reused else f"trained in {t.meta.get('train_seconds') or 0:.0f}s"
     print(f"{t.meta['defense']} on {t.meta['dataset']}: clean accuracy {t.clean_acc:.4f} ({how}); checkpoint {t.folder}")
     return 0
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from robustbench_er.sweep import SweepConfig, parse_eps
+def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``sweep`` command's flags as the keys of an experiment (None = not given)."""
+    from robustbench_er.config import parse_sets, split_top_level
 
-    overrides = _parse_sets(args.set)
-    defenses = _split(args.defense)
-    checkpoints: dict[str, str] = {}
+    sets = parse_sets(args.set)
+    defenses: Any = args.defense
+    if sets and isinstance(args.defense, str):
+        defenses = {d: dict(sets) for d in split_top_level(args.defense)}
+    checkpoints = None
     if args.checkpoint:
-        if len(defenses) != 1:
-            raise UserInputError("--checkpoint needs exactly one --defense (the one the checkpoint holds).")
-        checkpoints[defenses[0]] = args.checkpoint
-    cfg = SweepConfig(dataset=args.dataset, defenses=defenses,
-                      attacks=[parse_attack(a) for a in _split_attacks(args.attack)], eps=parse_eps(args.eps),
-                      norm=args.norm, samples=args.samples, profile=args.profile, seed=args.seed,
-                      out=Path(args.out), data_dir=args.data_dir, download=args.download, device=args.device,
-                      batch_size=args.batch_size, eot=args.eot,
-                      headline=parse_eps(args.headline)[0] if args.headline else None,
-                      defense_overrides={d: overrides for d in defenses} if overrides else {},
-                      checkpoints=checkpoints, progress=not args.quiet, mode=args.mode, search=args.search,
-                      l2_unit=args.l2_unit)
+        names = split_top_level(args.defense or "")
+        if len(names) != 1:
+            raise UserInputError("--checkpoint: needs exactly one --defense (the one the checkpoint holds).")
+        checkpoints = {names[0]: args.checkpoint}
+    return {"dataset": args.dataset, "defenses": defenses, "attacks": args.attack, "eps": args.eps,
+            "norm": args.norm, "samples": args.samples, "profile": args.profile, "seed": args.seed,
+            "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
+            "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
+            "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from robustbench_er.config import sweep_config_from_flags
+
+    cfg = sweep_config_from_flags(sweep_flags(args), progress=not args.quiet)
     return _run_config(cfg, _command(), args.quiet)
-
-
-def _split_attacks(text: str) -> list[str]:
-    """Split ``pgd,cw(confidence=9,steps=100)`` on the commas outside parentheses."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return [p.strip() for p in parts if p.strip()]
-
-
-def parse_attack(text: str) -> Any:
-    """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
-    import re
-
-    import yaml
-
-    from robustbench_er.sweep import AttackConfig
-
-    m = re.fullmatch(r"\s*([\w.-]+)\s*(?:\((.*)\))?\s*", text)
-    if not m:
-        raise UserInputError(f"Cannot read the attack {text!r}; use NAME or NAME(key=value,...).")
-    params: dict[str, Any] = {}
-    for item in _split_attacks(m.group(2) or ""):
-        if "=" not in item:
-            raise UserInputError(f"Attack parameter {item!r} in {text!r} must be key=value.")
-        k, v = item.split("=", 1)
-        params[k.strip()] = yaml.safe_load(v)
-    return AttackConfig(m.group(1), params, label=text.strip() if params else None)
 
 
 def _command() -> str:
     return "robustbench-er " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserInputError(f"Experiment file {path!r} does not exist.")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise UserInputError(f"Experiment file {path!r} is not valid YAML ({str(exc).splitlines()[0]}).") from exc
-    if not isinstance(d, dict):
-        raise UserInputError(f"Experiment file {path!r} must be a mapping of keys to values.")
-    return d
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    d = _read_yaml(args.experiment)
-    _load_plugins(d.get("plugins"), args.quiet)
-    sweeps = d.pop("sweeps", None)
-    configs = []
-    for extra in sweeps or [{}]:
-        configs.append(config_from_dict({**d, **extra}, args.out, args.device, args.quiet))
+    from robustbench_er.config import read_experiment
+
+    raw = read_experiment(args.experiment)
+    # every sweep is checked before the first one trains or writes anything
+    configs = experiment_configs(raw, out=args.out, device=args.device, quiet=args.quiet,
+                                 source=f"Experiment file {args.experiment!r}")
     for cfg in configs:
         _run_config(cfg, _command(), args.quiet)
     return 0
@@ -297,36 +207,62 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _headline_arg(text: str | None) -> Any:
     """``0.3`` (every norm) or ``Linf=0.3,L2=2`` (per norm) -> what write_reports takes."""
     from robustbench_er.attack import canonical_norm
-    from robustbench_er.sweep import parse_eps
+    from robustbench_er.config import parse_number
 
     if not text:
         return None
+
+    def number(v: str) -> float:
+        try:
+            x = parse_number(v)
+        except ValueError as exc:
+            raise UserInputError(f"--headline: {exc}.") from exc
+        if x < 0:
+            raise UserInputError(f"--headline: must be a number >= 0, got {v!r}.")
+        return x
+
     if "=" not in text:
-        return parse_eps(text)[0]
+        return number(text)
     out = {}
     for item in text.split(","):
         k, _, v = item.partition("=")
-        out[canonical_norm(k)] = parse_eps(v)[0]
+        try:
+            norm = canonical_norm(k)
+        except UserInputError as exc:
+            raise UserInputError(f"--headline: unknown norm {k.strip()!r}; use Linf, L2 or L1.") from exc
+        out[norm] = number(v)
     return out
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     _print("robustbench-er quickstart: train 'none' and 'madry' (quick profile) on the embedded mnist5k data,"
            " sweep PGD-Linf from 0 to 0.4 on 1,000 test points, then AutoAttack at 0.3 on every point PGD left standing.", args.quiet)
-    cfg = config_from_dict(dict(QUICKSTART), args.out, args.device, args.quiet)
+    (cfg,) = experiment_configs(dict(QUICKSTART), out=args.out, device=args.device, quiet=args.quiet)
     rc = _run_config(cfg, _command(), args.quiet)
     _print(f"Open {Path(args.out) / 'leaderboard.md'} and {Path(args.out) / 'curves_mnist5k_Linf.png'}.", args.quiet)
     return rc
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one sentence on stderr (exit 2) like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"robustbench-er: error: {message[0].upper()}{message[1:].rstrip('.')}"
+                     f" (see {self.prog} --help).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
+    from robustbench_er.config import DEVICE_HELP, L2_UNITS, MODES, SEARCHES, SweepSpec
+
+    default = {k: f.default for k, f in SweepSpec.model_fields.items()}
+    p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    def common(sp: argparse.ArgumentParser, out_default: str = "results") -> None:
-        sp.add_argument("--out", default=out_default, help="results folder (default: %(default)s)")
-        sp.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    def common(sp: argparse.ArgumentParser, out_default: str | None = None) -> None:
+        sp.add_argument("--out", default=out_default,
+                        help=f"results folder (default: {out_default or default['out']})")
+        sp.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default: auto)")
         sp.add_argument("--plugin", action="append", help="load a plugin file (repeatable)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
         sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -339,18 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_list)
 
+    # flags default to None ("not given"); the defaults live in robustbench_er.config.SweepSpec
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", required=True)
         sp.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST, CIFAR, ...)")
         sp.add_argument("--download", action="store_true", help="let torchvision download a missing folder dataset")
-        sp.add_argument("--profile", default="quick", choices=["quick", "paper"])
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--profile", default=None, help=f"quick or paper (default: {default['profile']})")
+        sp.add_argument("--seed", default=None, help=f"training and attack seed (default: {default['seed']})")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a defense hyper-parameter")
 
     sp = sub.add_parser("train", help="train (or reuse) a defense checkpoint")
     data_args(sp)
     sp.add_argument("--defense", required=True)
-    common(sp)
+    common(sp, out_default=default["out"])
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("sweep", help="run an epsilon sweep")
@@ -358,25 +295,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
     sp.add_argument("--attack", required=True, help="NAME[,NAME...]; parameters as NAME(key=value,...), e.g. 'cw(confidence=9)'")
     sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder (safetensors + meta.json) instead of training")
-    sp.add_argument("--norm", default="Linf")
+    sp.add_argument("--norm", default=None, help=f"Linf, L2 or L1 (default: {default['norm']})")
     sp.add_argument("--eps", required=True, help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")
-    sp.add_argument("--samples", type=int, default=500)
-    sp.add_argument("--batch-size", type=int, default=128, help="attack batch size (default: %(default)s)")
-    sp.add_argument("--eot", type=int, default=10, help="passes for EOT and majority votes on randomized defenses")
-    sp.add_argument("--mode", default="cascade", choices=["cascade", "independent"],
-                    help="cascade (default): each attack only on the points earlier ones left standing; "
-                         "independent: every attack on every point")
-    sp.add_argument("--search", default="bisect", choices=["bisect", "ascending"],
-                    help="how fixed-epsilon attacks walk the grid: per-sample bisection (default) or ascending")
-    sp.add_argument("--l2-unit", default="l2", choices=["l2", "rms"],
-                    help="unit of L2 epsilons: plain L2 (default) or RMS = L2 / sqrt(pixels)")
-    sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard")
+    sp.add_argument("--samples", default=None, help=f"evaluation points, or 'all' (default: {default['samples']})")
+    sp.add_argument("--batch-size", default=None, help=f"attack batch size (default: {default['batch_size']})")
+    sp.add_argument("--eot", default=None,
+                    help=f"passes for EOT and majority votes on randomized defenses (default: {default['eot']})")
+    sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard (a point of the grid)")
+    sp.add_argument("--mode", default=None, help=f"{' or '.join(MODES)}: several attacks as a cascade on the"
+                    f" survivors, or each on every point (default: {default['mode']})")
+    sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon attacks walk"
+                    f" the grid (default: {default['search']})")
+    sp.add_argument("--l2-unit", default=None, help=f"{' or '.join(L2_UNITS)}: unit of L2 epsilons; rms ="
+                    f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
     common(sp)
     sp.set_defaults(func=cmd_sweep)
 
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")
-    common(sp, out_default=None)  # type: ignore[arg-type]
+    common(sp)
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("report", help="rewrite the reports from a results store")

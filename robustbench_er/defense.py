@@ -35,6 +35,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from robustbench_er.data import Dataset, DatasetSpec
@@ -62,6 +63,28 @@ class HParams:
     #: cap on training images (0 = all); the quick profile uses it to stay CPU-sized
     train_samples: int = 0
 
+    def validate(self) -> None:
+        """Check the fields every defense has; subclasses add their own checks.
+
+        :meth:`Defense.hparams` runs these checks even when a subclass's ``validate`` does not
+        call ``super().validate()``.
+        """
+        HParams.check_common(self)
+
+    def check_common(self) -> None:
+        if self.epochs < 1:
+            raise UserInputError(f"Hyper-parameter 'epochs' must be an integer >= 1; got {self.epochs}.")
+        if self.batch_size < 1:
+            raise UserInputError(f"Hyper-parameter 'batch_size' must be an integer >= 1; got {self.batch_size}.")
+        if not self.lr > 0:
+            raise UserInputError(f"Hyper-parameter 'lr' must be > 0; got {self.lr}.")
+        if self.train_samples < 0:
+            raise UserInputError(f"Hyper-parameter 'train_samples' must be >= 0 (0 = all); got {self.train_samples}.")
+        if self.weight_decay < 0 or self.momentum < 0:
+            raise UserInputError("Hyper-parameters 'weight_decay' and 'momentum' must be >= 0.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise UserInputError(f"Hyper-parameter 'optimizer' must be 'sgd' or 'adam'; got {self.optimizer!r}.")
+
 
 @dataclass
 class AdversarialHParams(HParams):
@@ -81,6 +104,7 @@ class AdversarialHParams(HParams):
     ramp_epochs: int = 0
 
     def validate(self) -> None:
+        super().validate()
         if not 0 <= self.eps <= 1:
             raise UserInputError(f"Training eps must be in [0, 1] (images are in [0, 1]); got {self.eps}.")
         if self.attack_steps < 1:
@@ -274,6 +298,8 @@ class Defense:
             raise UserInputError(
                 f"Defense {cls.name!r} has no {profile!r} preset for {dataset!r}; it has {', '.join(sorted(per))}."
             )
+        from robustbench_er.config import check_dataclass_values
+
         values = dict(per[profile])
         fields = {f.name: f for f in dataclasses.fields(cls.HParams)}
         for k, v in (overrides or {}).items():
@@ -282,15 +308,14 @@ class Defense:
                     f"Defense {cls.name!r} has no hyper-parameter {k!r}; it has {', '.join(sorted(fields))}."
                 )
             values[k] = v
-        hp = cls.HParams(**values)
-        for f in dataclasses.fields(hp):
-            v = getattr(hp, f.name)
-            default = f.default if f.default is not dataclasses.MISSING else None
-            if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(v, str):
-                raise UserInputError(f"Hyper-parameter {f.name!r} of {cls.name!r} must be a number, not {v!r}.")
-        check = getattr(hp, "validate", None)
-        if callable(check):
-            check()
+        # typed overrides: ints must be ints (epochs=1.5 is refused), floats accept ints, bools strict
+        check_dataclass_values(cls.HParams, overrides or {}, "Hyper-parameter", cls.name)
+        try:
+            hp = cls.HParams(**values)
+        except (TypeError, ValueError) as exc:
+            raise UserInputError(f"Bad hyper-parameters for defense {cls.name!r}: {exc}.") from exc
+        HParams.check_common(hp)  # every defense, whatever its own validate() does
+        hp.validate()
         return hp
 
 
@@ -453,16 +478,40 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{str(path)!r} is not a valid safetensors file ({exc}).") from exc
 
 
+class CheckpointMeta(BaseModel):
+    """The fields of ``meta.json`` the harness reads; others are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    defense: str
+    dataset: str
+    weights_sha256: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    clean_acc: float | None = None
+    spec: dict[str, Any] | None = None
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
-    """A checkpoint folder's ``meta.json``, with a clear error when it is missing or broken."""
+    """A checkpoint folder's ``meta.json`` (checked against :class:`CheckpointMeta`), with a
+    clear error when it is missing, broken or lacks a field."""
     meta_path = Path(folder) / "meta.json"
     if not meta_path.is_file():
         raise UserInputError(f"Checkpoint {str(folder)!r} has no meta.json.")
     try:
-        meta: dict[str, Any] = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} is not valid JSON.") from exc
-    return meta
+    if not isinstance(meta, dict):
+        raise UserInputError(f"Checkpoint metadata {str(meta_path)!r} must be a JSON object, not a {type(meta).__name__}.")
+    try:
+        CheckpointMeta.model_validate(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        what = "is missing" if err["type"] == "missing" else f"is invalid ({err['msg']}, got {err['input']!r})"
+        raise UserInputError(f"Checkpoint metadata {str(meta_path)!r}: the field {field!r} {what}.") from None
+    return dict(meta)
 
 
 def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:

@@ -179,10 +179,19 @@ def list_datasets(pattern: str = "*") -> list[str]:
     return DATASETS.names(pattern)
 
 
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} (line {exc.lineno})"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0].rstrip('.')}" if text else type(exc).__name__
+
+
 def load_plugin_file(path: str | Path) -> list[str]:
     """Import a user's plugin file; return the names it registered.
 
-    Raises :class:`UserInputError` when the file does not exist or registers nothing.
+    Raises :class:`UserInputError` when the file does not exist, fails to import (any
+    exception, a syntax error included; what it registered before failing is removed) or
+    registers nothing.
     """
     p = Path(path)
     if not p.is_file():
@@ -200,9 +209,12 @@ def load_plugin_file(path: str | Path) -> list[str]:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except ValueError as exc:
+    except (Exception, SystemExit) as exc:  # any failure of the user's code is bad input, never a traceback
         del sys.modules[mod_name]
-        raise UserInputError(f"Plugin file {str(path)!r} failed to register: {exc}") from exc
+        for r in (DEFENSES, ATTACKS, DATASETS):  # forget what the file registered before it failed
+            for n in set(r._items) - before[r.kind]:
+                r.unregister(n)
+        raise UserInputError(f"Plugin file {str(path)!r} failed to load: {_one_line(exc)}.") from exc
     added = []
     for r in (DEFENSES, ATTACKS, DATASETS):
         added += [f"{r.kind}:{n}" for n in set(r._items) - before[r.kind]]

@@ -109,7 +109,7 @@ def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
 
     a, _ = two_models
     folder = tmp_path / "ck"
-    save_checkpoint(folder, a.model, {"defense": "none", "note": "first"})
+    save_checkpoint(folder, a.model, {"defense": "none", "dataset": "digits", "note": "first"})
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.safetensors"]
     real = os.replace
     swapped: list[str] = []
@@ -122,7 +122,7 @@ def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
 
     monkeypatch.setattr(files.os, "replace", replace)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(folder, a.model, {"defense": "none", "note": "second"})
+        save_checkpoint(folder, a.model, {"defense": "none", "dataset": "digits", "note": "second"})
     assert swapped == ["model.safetensors", "meta.json"]
     assert read_meta(folder)["note"] == "first"  # the old file is intact, not half-written
     assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "model.safetensors"]  # no temp file left

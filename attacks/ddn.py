@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.cw import run_foolbox_minimization
+from robustbench_er.adapters import run_foolbox_minimization
 from robustbench_er.attack import Attack, AttackParams
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError

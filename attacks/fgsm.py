@@ -2,7 +2,7 @@
 
 Threat model: white-box, one gradient step; Linf (sign step of size eps) and L2 (a step of
 length eps along the normalised gradient, the "fast gradient method"). No random start.
-Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`attacks.pgd.pgd`
+Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`robustbench_er.pgd.pgd`
 (no random start, relative step 1.0), so it shares PGD's per-sample epsilon.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from attacks.pgd import pgd
 from robustbench_er.attack import Attack, AttackParams
 from robustbench_er.defense import DefendedModel
+from robustbench_er.pgd import pgd
 from robustbench_er.registry import register_attack
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from attacks.mim import run_torchattacks
+from robustbench_er.adapters import run_torchattacks
 from robustbench_er.attack import Attack, AttackParams, LibraryModel
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError

@@ -104,7 +104,7 @@ def run_one(args: argparse.Namespace, data, defense: str) -> None:  # type: igno
     print(f"largest amount by which ours is weaker (higher robust accuracy) than foolbox: {gap:.2f} points (target <= 0.5)")
 
     # ---- throughput: our PGD vs a plain loop, same batch, same steps, no early stop
-    from attacks.pgd import pgd
+    from robustbench_er.pgd import pgd
 
     xb, yb = x[: args.batch_size], y[: args.batch_size]
     eps, alpha = 0.3, 0.3 * 2.5 / args.steps

@@ -58,7 +58,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.none import build_from_backbone
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import (
     DefendedModel,
@@ -72,6 +71,7 @@ from robustbench_er.defense import (
 from robustbench_er.errors import UserInputError
 from robustbench_er.models.gan import Critic, Generator, gan_step_losses, gradient_penalty
 from robustbench_er.registry import register_defense
+from robustbench_er.training import build_from_backbone
 
 GAN_LOSSES = ("wgan-gp", "dcgan")
 

@@ -10,7 +10,7 @@ encoder lr, classifier 0.05 x lr; ``quick`` presets as documented in
 :mod:`defenses.er_classifier`), trained on ``CE(C(Q(x)), y)`` alone: no critic, no prior, so
 steps 1 and 3 of Algorithm 1 are dropped. It isolates what the embedding regularisation adds.
 
-Source: ours (shares :class:`defenses.er_classifier.ERFamily`).
+Source: ours (shares :class:`defenses._er_family.ERFamily`).
 
 Difference from the paper: the paper's Figure 4 compares E-CLA and ER-Classifier both trained
 without min-max; here E-CLA trains with min-max by default, to compare with ``er-classifier``.
@@ -19,7 +19,7 @@ Set ``min_max=False`` (and compare with ``er-classifier-``) for the paper's comp
 
 from __future__ import annotations
 
-from defenses.er_classifier import ERFamily, er_presets
+from defenses._er_family import ERFamily, er_presets
 from robustbench_er.registry import register_defense
 
 

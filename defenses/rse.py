@@ -52,6 +52,7 @@ from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.errors import UserInputError
 from robustbench_er.models.rse_net import RSE_BACKBONES, build_rse_net
 from robustbench_er.registry import register_defense
+from robustbench_er.training import train_clean
 
 
 @dataclass
@@ -121,6 +122,4 @@ class RSE(Defense):
                              init_std=init if len(init) > 1 else init[0], inner_std=hp.inner_std)
 
     def train(self, model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool = True) -> dict[str, Any]:
-        from defenses.none import train_clean
-
         return train_clean(model, data, hp, seed, progress, desc="train rse")

@@ -73,18 +73,19 @@ def test_critic_weights_clipped_after_every_step(name, digits, monkeypatch):
 
 
 def _forbid_attacks(monkeypatch):
-    import attacks.pgd
+    import defenses._er_family
     import defenses.er_trades
-    import defenses.madry
-    import defenses.trades
+    import robustbench_er.pgd
+    import robustbench_er.training
 
     def boom(*args, **kwargs):
         raise AttackCalled("an attack was called")
 
-    monkeypatch.setattr(attacks.pgd, "pgd", boom)
-    monkeypatch.setattr(defenses.madry, "pgd", boom)
-    monkeypatch.setattr(defenses.madry, "adversarial_batch", boom)
-    monkeypatch.setattr(defenses.trades, "trades_adversarial", boom)
+    monkeypatch.setattr(robustbench_er.pgd, "pgd", boom)
+    monkeypatch.setattr(robustbench_er.training, "pgd", boom)
+    monkeypatch.setattr(robustbench_er.training, "adversarial_batch", boom)
+    monkeypatch.setattr(defenses._er_family, "adversarial_batch", boom)
+    monkeypatch.setattr(robustbench_er.training, "trades_adversarial", boom)
     monkeypatch.setattr(defenses.er_trades, "trades_adversarial", boom)
 
 

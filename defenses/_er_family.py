@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defenses._er_nets import ENCODERS, ERNet, build_er_net, check_prior, sample_prior
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import (
     AdversarialHParams,
@@ -24,7 +25,6 @@ from robustbench_er.defense import (
     make_optimizer,
 )
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.er import ENCODERS, ERNet, build_er_net, check_prior, sample_prior
 from robustbench_er.training import adversarial_batch
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ Threat model: white-box Linf (PGD in training); evaluated over epsilon grids (Ta
 
 Method (Algorithm 1): an embedding network E (activations before the last linear layer), a
 linear category decoder Dc and an adversarial decoder Da, a class-conditional projection
-discriminator with spectral norm on every layer (:mod:`robustbench_er.models.afd`). Per batch:
+discriminator with spectral norm on every layer (:mod:`defenses._afd_nets`). Per batch:
 x' = PGD(x) on E+Dc (eval mode, true labels), then, all losses taken at the current weights,
 
 * L_EDc = CE(Dc(E(x)), y), a step of E and Dc;
@@ -48,10 +48,10 @@ import torch
 import torch.nn.functional as F
 
 from defenses._afd_family import AFDBase, afd_presets, lr_scale, make_opt, set_lrs
+from defenses._afd_nets import AFDNet
 from robustbench_er.data import Dataset
 from robustbench_er.defense import DefendedModel, fit
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.afd import AFDNet
 from robustbench_er.registry import register_defense
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from defenses._er_family import ERFamily, ERHParams, er_presets
+from defenses._er_nets import ERNet
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.er import ERNet
 from robustbench_er.registry import register_defense
 from robustbench_er.training import trades_adversarial, trades_loss
 

@@ -17,7 +17,7 @@ Hyper-parameters and paper / reference values (xuanqing94/RobustNet ``main_rse.p
 * CIFAR10: VGG16 with batch norm (or ResNeXt-29), SGD lr 0.1, momentum 0.9, weight decay 5e-4,
   batch 128, 200 epochs in four stages of 80/60/40/20 with lr / 10 between stages.
 
-Source: ours (a noise layer and a training loop); networks in :mod:`robustbench_er.models.rse_net`.
+Source: ours (a noise layer and a training loop); networks in :mod:`defenses._rse_nets`.
 
 Differences from the reference code and why:
 
@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defenses._rse_nets import RSE_BACKBONES, build_rse_net
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.rse_net import RSE_BACKBONES, build_rse_net
 from robustbench_er.registry import register_defense
 from robustbench_er.training import train_clean
 

@@ -50,7 +50,7 @@ def test_train_save_reload_predict_embed(name, digits, tmp_path):
 
 @pytest.mark.parametrize("name", ["er-classifier", "er-trades"])
 def test_critic_weights_clipped_after_every_step(name, digits, monkeypatch):
-    from robustbench_er.models.er import CodeDiscriminator
+    from defenses._er_nets import CodeDiscriminator
 
     before, after = [], []
     original = CodeDiscriminator.clip_
@@ -145,7 +145,7 @@ def test_afd_trains_its_adversarial_decoder(digits):
 
 
 def test_prior_supports():
-    from robustbench_er.models.er import sample_prior
+    from defenses._er_nets import sample_prior
 
     g = torch.Generator().manual_seed(0)
     n, k = 20000, 3
@@ -173,7 +173,7 @@ def test_prior_supports():
 
 
 def test_unknown_prior_and_bad_embed_dim_raise():
-    from robustbench_er.models.er import build_er_net, sample_prior
+    from defenses._er_nets import build_er_net, sample_prior
 
     cls = get_defense("er-classifier")
     with pytest.raises(UserInputError, match="gaussian, uniform, cauchy"):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from robustbench_er.adapters import run_foolbox_minimization
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import AttackParams, MinimizationAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -43,11 +43,10 @@ class CWParams(AttackParams):
 
 
 @register_attack("cw")
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimizationAttack):
     """C&W L2 (Foolbox): minimization attack; returns the smallest adversarial example found."""
 
     norms = ("L2",)
-    kind = "min"
     access = "gradient"
     Params = CWParams
 
@@ -60,7 +59,7 @@ class CarliniWagnerL2(Attack):
         if p.initial_const <= 0 or p.stepsize <= 0:
             raise UserInputError("C&W initial_const and stepsize must be > 0.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         import foolbox as fb
 

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import AttackParams, FixedEpsilonAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.pgd import pgd
 from robustbench_er.registry import register_attack
 
 
 @register_attack("fgsm")
-class FGSM(Attack):
+class FGSM(FixedEpsilonAttack):
     """FGSM / FGM (ours): one step of size eps, per-sample epsilon."""
 
     norms = ("Linf", "L2")
-    kind = "fixed"
     access = "gradient"
     Params = AttackParams
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         return pgd(model, x, y, eps, norm=self.norm, steps=1, rel_stepsize=1.0, random_start=False,
                    early_stop=False, eot=self.params.eot)

@@ -23,8 +23,8 @@ import torch
 
 from robustbench_er.adapters import run_torchattacks
 from robustbench_er.attack import (
-    Attack,
     AttackParams,
+    FixedEpsilonAttack,
     LibraryModel,
 )
 from robustbench_er.defense import DefendedModel
@@ -40,11 +40,10 @@ class MIMParams(AttackParams):
 
 
 @register_attack("mim")
-class MIM(Attack):
+class MIM(FixedEpsilonAttack):
     """MI-FGSM (torchattacks): momentum iterative Linf attack at a fixed epsilon."""
 
     norms = ("Linf",)
-    kind = "fixed"
     access = "gradient"
     Params = MIMParams
 
@@ -55,8 +54,8 @@ class MIM(Attack):
         if p.decay < 0 or p.rel_stepsize < 0:
             raise UserInputError("MIM decay and rel_stepsize must be >= 0.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         import torchattacks
 
         p = self.params

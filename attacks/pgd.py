@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import AttackParams, FixedEpsilonAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.pgd import pgd
@@ -41,11 +41,10 @@ class PGDParams(AttackParams):
 
 
 @register_attack("pgd")
-class PGD(Attack):
+class PGD(FixedEpsilonAttack):
     """PGD (ours): per-sample epsilon, early stop, warm start. Linf, L2 and L1 (sparse L1 steps)."""
 
     norms = ("Linf", "L2", "L1")
-    kind = "fixed"
     access = "gradient"
     Params = PGDParams
     warm_start = True
@@ -59,8 +58,8 @@ class PGD(Attack):
         if p.loss not in ("ce", "margin"):
             raise UserInputError(f"PGD loss must be 'ce' or 'margin', not {p.loss!r}.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            x_init: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         return pgd(model, x, y, eps, norm=self.norm, steps=p.steps, rel_stepsize=p.rel_stepsize or None,
                    random_start=p.random_start, early_stop=p.early_stop, loss=p.loss, eot=p.eot,

@@ -14,6 +14,7 @@ import torch
 
 from robustbench_er.attack import LibraryModel, clip_to_ball, draw_seed, eps_groups, seeded
 from robustbench_er.defense import DefendedModel
+from robustbench_er.training import eval_mode
 
 
 def run_foolbox_minimization(fb_attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
@@ -47,15 +48,14 @@ def run_torchattacks(make: Callable[[LibraryModel, float, int], Any], model: Def
     randomized defenses; it counts queries). Points with eps 0 come back unchanged.
     """
     lm = LibraryModel(model, eot, mode="mean")
-    was_training = model.training
     out = x.clone()
     seed = draw_seed(generator)
-    with seeded(seed, x.device):
+    # the libraries switch their model's mode themselves; the caller gets its own mode back
+    with eval_mode(model), seeded(seed, x.device):
         for value, idx in eps_groups(eps):
             if value <= 0 or len(idx) == 0:
                 continue
             atk = make(lm, value, seed)
             x_adv = atk(x[idx], y[idx]).detach().to(x)
             out[idx] = clip_to_ball(x[idx], x_adv, eps[idx].to(x), norm)
-    model.train(was_training)
     return out.detach(), lm.queries

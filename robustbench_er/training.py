@@ -7,6 +7,8 @@ The epoch loop itself is :func:`robustbench_er.defense.fit`.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,6 +19,20 @@ from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import DefendedModel, HParams, fit, make_optimizer
 from robustbench_er.models import build_backbone
 from robustbench_er.pgd import pgd
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put ``modules`` in eval mode for the block, then give every module and submodule back the
+    train/eval mode it had (also when the block raises)."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
 
 
 def build_from_backbone(spec: DatasetSpec, hp: HParams) -> nn.Module:
@@ -41,12 +57,9 @@ def train_clean(model: DefendedModel, data: Dataset, hp: Any, seed: int, progres
 def adversarial_batch(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
                       step_size: float) -> torch.Tensor:
     """PGD-Linf examples for training (model in eval mode while attacking, as in the references)."""
-    was_training = model.training
-    model.eval()
-    x_adv = pgd(model, x, y, eps, norm="Linf", steps=steps, rel_stepsize=step_size / max(eps, 1e-12),
-                random_start=True, early_stop=False)
-    model.train(was_training)
-    return x_adv
+    with eval_mode(model):
+        return pgd(model, x, y, eps, norm="Linf", steps=steps, rel_stepsize=step_size / max(eps, 1e-12),
+                   random_start=True, early_stop=False)
 
 
 def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int,
@@ -55,9 +68,7 @@ def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, steps: 
     ``KL(softmax f(x) || softmax f(x_adv))``, by ``steps`` sign-gradient ascent steps from
     ``x + 0.001 * N(0, I)``. The model is put in eval mode for the attack and restored after;
     ``model(x)`` must return logits. Returns a detached tensor shaped like ``x``."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         x = x.detach()
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
@@ -70,8 +81,6 @@ def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, steps: 
                 (grad,) = torch.autograd.grad(kl, x_adv)
             x_adv = x_adv.detach() + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    finally:
-        model.train(was_training)
     return x_adv.detach()
 
 

@@ -47,7 +47,14 @@ from typing import Any
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams, clip_to_ball, draw_seed, eps_groups, seeded
+from robustbench_er.attack import (
+    AttackParams,
+    FixedEpsilonAttack,
+    clip_to_ball,
+    draw_seed,
+    eps_groups,
+    seeded,
+)
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -79,11 +86,10 @@ class AutoAttackParams(AttackParams):
 
 
 @register_attack("autoattack")
-class AutoAttackAdapter(Attack):
+class AutoAttackAdapter(FixedEpsilonAttack):
     """AutoAttack (pyautoattack): standard / plus / rand / custom versions; Linf, L2, L1."""
 
     norms = ("Linf", "L2", "L1")
-    kind = "fixed"
     access = "gradient"
     Params = AutoAttackParams
     leaderboard_field = "autoattack_acc"
@@ -132,8 +138,8 @@ class AutoAttackAdapter(Attack):
             aa.apgd.eot_iter = self.params.eot
         return aa
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         seed = draw_seed(generator)
         out = x.clone()
         aa_log = logging.getLogger("auto-attack")

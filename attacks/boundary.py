@@ -28,8 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.cw import run_foolbox_minimization
-from robustbench_er.attack import Attack, AttackParams, LibraryModel, draw_seed, seeded
+from robustbench_er.adapters import run_foolbox_minimization
+from robustbench_er.attack import (
+    AttackParams,
+    LibraryModel,
+    MinimizationAttack,
+    draw_seed,
+    seeded,
+)
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -47,11 +53,10 @@ class BoundaryParams(AttackParams):
 
 
 @register_attack("boundary")
-class Boundary(Attack):
+class Boundary(MinimizationAttack):
     """Boundary attack (Foolbox): decision-based L2 minimization attack."""
 
     norms = ("L2",)
-    kind = "min"
     access = "decision"
     Params = BoundaryParams
 
@@ -64,7 +69,7 @@ class Boundary(Attack):
         if p.spherical_step <= 0 or p.source_step <= 0 or p.step_adaptation <= 1:
             raise UserInputError("Boundary spherical_step and source_step must be > 0 and step_adaptation > 1.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         import foolbox as fb
 

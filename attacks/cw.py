@@ -23,34 +23,14 @@ not an adversarial example, rather than a perturbation nobody searched for).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams, LibraryModel, draw_seed, seeded
+from robustbench_er.adapters import run_foolbox_minimization
+from robustbench_er.attack import AttackParams, MinimizationAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
-
-
-def run_foolbox_minimization(fb_attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
-                             eot: int = 1, mode: str = "mean", generator: torch.Generator | None = None,
-                             lib_model: LibraryModel | None = None, **kwargs: Any) -> torch.Tensor:
-    """Run a Foolbox minimization attack unbounded; points it did not break come back unchanged.
-
-    The model is wrapped in :class:`~robustbench_er.attack.LibraryModel` (EOT, query count) and
-    ``foolbox.PyTorchModel(bounds=(0, 1))``; Foolbox's random draws are seeded from ``generator``.
-    """
-    import foolbox as fb
-
-    lm = lib_model if lib_model is not None else LibraryModel(model, eot, mode)
-    lm.eval()
-    fmodel = fb.PyTorchModel(lm, bounds=(0, 1), device=x.device)
-    with seeded(draw_seed(generator), x.device):
-        raw, _, success = fb_attack(fmodel, x, y, epsilons=None, **kwargs)
-    raw = torch.nan_to_num(raw.detach().to(x), nan=0.0).clamp(0, 1)
-    keep = success.to(torch.bool).view(-1, *([1] * (x.ndim - 1)))
-    return torch.where(keep, raw, x).detach()
 
 
 @dataclass
@@ -63,11 +43,10 @@ class CWParams(AttackParams):
 
 
 @register_attack("cw")
-class CarliniWagnerL2(Attack):
+class CarliniWagnerL2(MinimizationAttack):
     """C&W L2 (Foolbox): minimization attack; returns the smallest adversarial example found."""
 
     norms = ("L2",)
-    kind = "min"
     access = "gradient"
     Params = CWParams
 
@@ -80,7 +59,7 @@ class CarliniWagnerL2(Attack):
         if p.initial_const <= 0 or p.stepsize <= 0:
             raise UserInputError("C&W initial_const and stepsize must be > 0.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         import foolbox as fb
 

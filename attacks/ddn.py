@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.cw import run_foolbox_minimization
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.adapters import run_foolbox_minimization
+from robustbench_er.attack import AttackParams, MinimizationAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -34,11 +34,10 @@ class DDNParams(AttackParams):
 
 
 @register_attack("ddn")
-class DDN(Attack):
+class DDN(MinimizationAttack):
     """DDN (Foolbox): L2 minimization attack."""
 
     norms = ("L2",)
-    kind = "min"
     access = "gradient"
     Params = DDNParams
 
@@ -49,7 +48,7 @@ class DDN(Attack):
         if p.init_epsilon <= 0 or not 0 < p.gamma < 1:
             raise UserInputError("DDN init_epsilon must be > 0 and gamma in (0, 1).")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         import foolbox as fb
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.cw import run_foolbox_minimization
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.adapters import run_foolbox_minimization
+from robustbench_er.attack import AttackParams, MinimizationAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -37,11 +37,10 @@ class DeepFoolParams(AttackParams):
 
 
 @register_attack("deepfool")
-class DeepFool(Attack):
+class DeepFool(MinimizationAttack):
     """DeepFool (Foolbox): Linf or L2 minimization attack."""
 
     norms = ("Linf", "L2")
-    kind = "min"
     access = "gradient"
     Params = DeepFoolParams
 
@@ -56,7 +55,7 @@ class DeepFool(Attack):
         if p.loss not in ("logits", "crossentropy"):
             raise UserInputError(f"DeepFool loss must be 'logits' or 'crossentropy', not {p.loss!r}.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         import foolbox as fb
 

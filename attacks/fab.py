@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from attacks.mim import run_torchattacks
-from robustbench_er.attack import Attack, AttackParams, LibraryModel
+from robustbench_er.adapters import run_torchattacks
+from robustbench_er.attack import AttackParams, FixedEpsilonAttack, LibraryModel
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -43,11 +43,10 @@ class FABParams(AttackParams):
 
 
 @register_attack("fab")
-class FAB(Attack):
+class FAB(FixedEpsilonAttack):
     """FAB / FAB-T (torchattacks): Linf, L2, L1 at a fixed epsilon."""
 
     norms = ("Linf", "L2", "L1")
-    kind = "fixed"
     access = "gradient"
     Params = FABParams
 
@@ -58,8 +57,8 @@ class FAB(Attack):
         if not 0 < p.alpha_max <= 1 or p.eta < 1 or not 0 < p.beta <= 1:
             raise UserInputError("FAB needs alpha_max in (0, 1], eta >= 1 and beta in (0, 1].")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         import torchattacks
 
         p = self.params

@@ -2,7 +2,7 @@
 
 Threat model: white-box, one gradient step; Linf (sign step of size eps) and L2 (a step of
 length eps along the normalised gradient, the "fast gradient method"). No random start.
-Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`attacks.pgd.pgd`
+Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`robustbench_er.pgd.pgd`
 (no random start, relative step 1.0), so it shares PGD's per-sample epsilon.
 """
 
@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import torch
 
-from attacks.pgd import pgd
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import AttackParams, FixedEpsilonAttack
 from robustbench_er.defense import DefendedModel
+from robustbench_er.pgd import pgd
 from robustbench_er.registry import register_attack
 
 
 @register_attack("fgsm")
-class FGSM(Attack):
+class FGSM(FixedEpsilonAttack):
     """FGSM / FGM (ours): one step of size eps, per-sample epsilon."""
 
     norms = ("Linf", "L2")
-    kind = "fixed"
     access = "gradient"
     single_step = True
     Params = AttackParams
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         return pgd(model, x, y, eps, norm=self.norm, steps=1, rel_stepsize=1.0, random_start=False,
                    early_stop=False, eot=self.params.eot)

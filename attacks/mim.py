@@ -16,48 +16,20 @@ result is projected onto the ball and [0, 1] once more to remove float drift.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from robustbench_er.adapters import run_torchattacks
 from robustbench_er.attack import (
-    Attack,
     AttackParams,
+    FixedEpsilonAttack,
     LibraryModel,
-    clip_to_ball,
-    draw_seed,
-    eps_groups,
-    seeded,
 )
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
-
-
-def run_torchattacks(make: Callable[[LibraryModel, float, int], Any], model: DefendedModel, x: torch.Tensor,
-                     y: torch.Tensor, eps: torch.Tensor, norm: str, *, eot: int = 1,
-                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
-    """Run a torchattacks attack once per group of equal epsilon; return (x_adv, queries).
-
-    ``make(library_model, eps, seed)`` builds the torchattacks object. The model is seen
-    through :class:`~robustbench_er.attack.LibraryModel` (mean logits over ``eot`` passes for
-    randomized defenses; it counts queries). Points with eps 0 come back unchanged.
-    """
-    lm = LibraryModel(model, eot, mode="mean")
-    was_training = model.training
-    out = x.clone()
-    seed = draw_seed(generator)
-    with seeded(seed, x.device):
-        for value, idx in eps_groups(eps):
-            if value <= 0 or len(idx) == 0:
-                continue
-            atk = make(lm, value, seed)
-            x_adv = atk(x[idx], y[idx]).detach().to(x)
-            out[idx] = clip_to_ball(x[idx], x_adv, eps[idx].to(x), norm)
-    model.train(was_training)
-    return out.detach(), lm.queries
 
 
 @dataclass
@@ -68,11 +40,10 @@ class MIMParams(AttackParams):
 
 
 @register_attack("mim")
-class MIM(Attack):
+class MIM(FixedEpsilonAttack):
     """MI-FGSM (torchattacks): momentum iterative Linf attack at a fixed epsilon."""
 
     norms = ("Linf",)
-    kind = "fixed"
     access = "gradient"
     Params = MIMParams
 
@@ -83,8 +54,8 @@ class MIM(Attack):
         if p.decay < 0 or p.rel_stepsize < 0:
             raise UserInputError("MIM decay and rel_stepsize must be >= 0.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         import torchattacks
 
         p = self.params

@@ -70,7 +70,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import AttackParams, MinimizationAttack
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -87,11 +87,10 @@ class RaySParams(AttackParams):
 
 
 @register_attack("rays")
-class RayS(Attack):
+class RayS(MinimizationAttack):
     """RayS (ours): hard-label ray search, Linf, per-sample state, every query counted."""
 
     norms = ("Linf",)
-    kind = "min"
     access = "decision"
     Params = RaySParams
 
@@ -114,7 +113,7 @@ class RayS(Attack):
             raise UserInputError(f"RayS target_eps must be None or a number in [0, 1]; got {p.target_eps!r}.")
 
     @torch.no_grad()
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor,
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
             generator: torch.Generator | None = None) -> torch.Tensor:
         p = self.params
         n = len(x)

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from attacks.mim import run_torchattacks
-from robustbench_er.attack import Attack, AttackParams, LibraryModel
+from robustbench_er.adapters import run_torchattacks
+from robustbench_er.attack import AttackParams, FixedEpsilonAttack, LibraryModel
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_attack
@@ -41,11 +41,10 @@ class SquareParams(AttackParams):
 
 
 @register_attack("square")
-class Square(Attack):
+class Square(FixedEpsilonAttack):
     """Square Attack (torchattacks): score-based, Linf and L2, fixed epsilon."""
 
     norms = ("Linf", "L2")
-    kind = "fixed"
     access = "score"
     Params = SquareParams
 
@@ -60,8 +59,8 @@ class Square(Attack):
         if p.loss not in ("margin", "ce"):
             raise UserInputError(f"Square's loss must be 'margin' or 'ce', not {p.loss!r}.")
 
-    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
         import torchattacks
 
         p = self.params

@@ -118,7 +118,7 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
               f" weaker than foolbox by at most {gap:.2f} points")
 
     # ---- throughput: our PGD vs a plain loop, same batch, same steps, no early stop
-    from attacks.pgd import pgd
+    from robustbench_er.pgd import pgd
 
     xb, yb = x[: args.batch_size], y[: args.batch_size]
     eps, alpha = 0.3, 0.3 * 2.5 / args.steps

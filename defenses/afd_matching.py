@@ -22,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from defenses.afd import AFDBase, AFDHParams, afd_presets, lr_scale, make_opt, set_lrs
+from defenses._afd_family import AFDBase, AFDHParams, afd_presets, lr_scale, make_opt, set_lrs
+from defenses._afd_nets import AFDNet
 from robustbench_er.data import Dataset
 from robustbench_er.defense import DefendedModel, fit
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.afd import AFDNet
 from robustbench_er.registry import register_defense
 
 

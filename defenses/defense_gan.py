@@ -30,7 +30,7 @@ mnist.yml`` and ``models/gan.py``):
 * classifier: standard training on clean images (the paper's model A etc.; here the harness's
   backbones).
 
-Source: ours (generator/critic in :mod:`robustbench_er.models.gan`).
+Source: ours (generator/critic in :mod:`defenses._gan_nets`).
 
 Differences from the reference code and why:
 
@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.none import build_from_backbone
+from defenses._gan_nets import Critic, Generator, gan_step_losses, gradient_penalty
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import (
     DefendedModel,
@@ -73,8 +73,8 @@ from robustbench_er.defense import (
     training_batches,
 )
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.gan import Critic, Generator, gan_step_losses, gradient_penalty
 from robustbench_er.registry import register_defense
+from robustbench_er.training import build_from_backbone
 
 GAN_LOSSES = ("wgan-gp", "dcgan")
 

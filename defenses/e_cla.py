@@ -10,20 +10,20 @@ encoder lr, classifier 0.05 x lr; ``quick`` presets as documented in
 :mod:`defenses.er_classifier`), trained on ``CE(C(Q(x)), y)`` alone: no critic, no prior, so
 steps 1 and 3 of Algorithm 1 are dropped. It isolates what the embedding regularisation adds.
 
-``min_max`` (default False, the paper's Figure 4 setting: "For a fair comparison, both
-structures are trained without min-max robust optimization"): compare with ``er-classifier-``,
+``min_max`` (default False, the paper's Figure 4 setting, where all compared structures are
+trained without min-max robust optimisation for fairness): compare with ``er-classifier-``,
 as the paper does. ``min_max=True`` trains on PGD batches like ``er-classifier`` (with the
 quick presets' clean warm-up and eps ramp), a comparison the paper does not make. The reference
 code (liyao880/ER-Classifier) publishes no E-CLA.
 
-Source: ours (shares :class:`defenses.er_classifier.ERFamily`).
+Source: ours (shares :class:`defenses._er_family.ERFamily`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from defenses.er_classifier import ERFamily, ERHParams, er_presets
+from defenses._er_family import ERFamily, ERHParams, er_presets
 from robustbench_er.registry import register_defense
 
 

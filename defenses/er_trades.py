@@ -7,15 +7,15 @@ TRADES: Zhang et al., ICML 2019, arXiv:1901.08573. Reference code: liyao880/ER-C
 Threat model: white-box Linf.
 
 Per batch: x' = TRADES inner maximisation of KL(f(x) || f(x')) in the eps-ball
-(:func:`defenses.trades.trades_adversarial`); (1) critic step on the codes Q(x');
-(2) Q and C descend ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` (:func:`defenses.trades.trades_loss`);
+(:func:`robustbench_er.training.trades_adversarial`); (1) critic step on the codes Q(x');
+(2) Q and C descend ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` (:func:`robustbench_er.training.trades_loss`);
 (3) Q ascends ``lambda1 * mean D(Q(x'))``. Everything else (architectures, priors, Adam rates,
 lambda, lambda1, clipping, eps and steps per dataset, ``quick`` presets) is ER-Classifier's
 (:mod:`defenses.er_classifier`). ``beta``: the papers give no value for ER-Trades; we use the
 TRADES reference default 1.0 on MNIST-like data and 6.0 (the published CIFAR10 TRADES model)
 on the colour datasets.
 
-Source: ours (shares :class:`defenses.er_classifier.ERFamily` and the TRADES helpers).
+Source: ours (shares :class:`defenses._er_family.ERFamily` and the TRADES helpers).
 
 Difference from the paper: the regularisers (steps 1 and 3) see the TRADES adversarial batch;
 the paper does not say which batch they see (ER-Classifier's steps use the adversarial one).
@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from defenses.er_classifier import ERFamily, ERHParams, er_presets
-from defenses.trades import trades_adversarial, trades_loss
+from defenses._er_family import ERFamily, ERHParams, er_presets
+from defenses._er_nets import ERNet
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.er import ERNet
 from robustbench_er.registry import register_defense
+from robustbench_er.training import trades_adversarial, trades_loss
 
 
 @dataclass

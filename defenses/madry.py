@@ -24,28 +24,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.pgd import pgd
-from defenses.none import build_from_backbone
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import AdversarialHParams, DefendedModel, Defense, fit, make_optimizer
 from robustbench_er.registry import register_defense
+from robustbench_er.training import adversarial_batch, build_from_backbone
 
 
 @dataclass
 class MadryHParams(AdversarialHParams):
     """eps, attack_steps, step_size, warmup_epochs, ramp_epochs: see AdversarialHParams."""
 
-
-
-def adversarial_batch(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
-                      step_size: float) -> torch.Tensor:
-    """PGD-Linf examples for training (model in eval mode while attacking, as in the references)."""
-    was_training = model.training
-    model.eval()
-    x_adv = pgd(model, x, y, eps, norm="Linf", steps=steps, rel_stepsize=step_size / max(eps, 1e-12),
-                random_start=True, early_stop=False)
-    model.train(was_training)
-    return x_adv
 
 
 @register_defense("madry")

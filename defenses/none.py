@@ -11,23 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams, fit, make_optimizer
-from robustbench_er.models import build_backbone
+from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.registry import register_defense
+from robustbench_er.training import build_from_backbone, train_clean
 
 
 @dataclass
 class NoneHParams(HParams):
     pass
-
-
-def build_from_backbone(spec: DatasetSpec, hp: HParams) -> nn.Module:
-    return build_backbone(hp.backbone, spec.shape[0], spec.classes, spec.shape[1])
 
 
 @register_defense("none")
@@ -55,15 +49,3 @@ class NoDefense(Defense):
         return train_clean(model, data, hp, seed, progress, desc="train none")
 
 
-def train_clean(model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool, desc: str) -> dict[str, Any]:
-    """Cross-entropy training on clean batches (also RSE's training: its noise is in the net)."""
-    opt = make_optimizer(model.parameters(), hp)
-
-    def step(x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return {"ce": loss.item()}
-
-    return fit(model, data, hp, seed, progress, step, desc=desc)

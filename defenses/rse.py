@@ -17,7 +17,7 @@ Hyper-parameters and paper / reference values (xuanqing94/RobustNet ``main_rse.p
 * CIFAR10: VGG16 with batch norm (or ResNeXt-29), SGD lr 0.1, momentum 0.9, weight decay 5e-4,
   batch 128, 200 epochs in four stages of 80/60/40/20 with lr / 10 between stages.
 
-Source: ours (a noise layer and a training loop); networks in :mod:`robustbench_er.models.rse_net`.
+Source: ours (a noise layer and a training loop); networks in :mod:`defenses._rse_nets`.
 
 Differences from the reference code and why:
 
@@ -47,11 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from defenses._rse_nets import RSE_BACKBONES, build_rse_net
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.errors import UserInputError
-from robustbench_er.models.rse_net import RSE_BACKBONES, build_rse_net
 from robustbench_er.registry import register_defense
+from robustbench_er.training import train_clean
 
 
 @dataclass
@@ -121,6 +122,4 @@ class RSE(Defense):
                              init_std=init if len(init) > 1 else init[0], inner_std=hp.inner_std)
 
     def train(self, model: DefendedModel, data: Dataset, hp: Any, seed: int, progress: bool = True) -> dict[str, Any]:
-        from defenses.none import train_clean
-
         return train_clean(model, data, hp, seed, progress, desc="train rse")

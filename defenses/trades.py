@@ -31,8 +31,8 @@ Differences from the reference code and why:
 * The KL term uses ``reduction="batchmean"`` (the reference sums and divides by the batch size:
   the same value).
 
-Public helpers (also used by the ER-TRADES variant): :func:`trades_adversarial`,
-:func:`trades_loss`.
+The inner maximisation and the loss (shared with ER-Trades) are in :mod:`robustbench_er.training`:
+:func:`~robustbench_er.training.trades_adversarial`, :func:`~robustbench_er.training.trades_loss`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.none import build_from_backbone
 from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defense import (
     AdversarialHParams,
@@ -55,41 +54,7 @@ from robustbench_er.defense import (
 )
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_defense
-
-
-def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, steps: int,
-                       step_size: float) -> torch.Tensor:
-    """TRADES inner maximisation: the point of the Linf ball (and [0, 1]) that maximises
-    ``KL(softmax f(x) || softmax f(x_adv))``, by ``steps`` sign-gradient ascent steps from
-    ``x + 0.001 * N(0, I)``. The model is put in eval mode for the attack and restored after;
-    ``model(x)`` must return logits. Returns a detached tensor shaped like ``x``."""
-    was_training = model.training
-    model.eval()
-    try:
-        x = x.detach()
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            with torch.enable_grad():
-                kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-                (grad,) = torch.autograd.grad(kl, x_adv)
-            x_adv = x_adv.detach() + step_size * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    finally:
-        model.train(was_training)
-    return x_adv.detach()
-
-
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor,
-                beta: float) -> torch.Tensor:
-    """``CE(logits_clean, y) + beta * KL(softmax clean || softmax adv)`` (KL averaged over the
-    batch), the TRADES outer objective."""
-    ce = F.cross_entropy(logits_clean, y)
-    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return ce + beta * kl
+from robustbench_er.training import build_from_backbone, trades_adversarial, trades_loss
 
 
 @dataclass

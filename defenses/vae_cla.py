@@ -19,14 +19,14 @@ hyper-parameters and presets are ER-Classifier's (:mod:`defenses.er_classifier`)
 hard to balance). We use 0.01: on digits (quick preset) weight 1.0, the evidence lower bound's,
 collapses the posterior (KL -> 0, 10% accuracy), 0.1 reaches 49% and 0.01 62% clean accuracy.
 
-Source: ours (shares :class:`defenses.er_classifier.ERFamily`).
+Source: ours (shares :class:`defenses._er_family.ERFamily`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from defenses.er_classifier import ERFamily, ERHParams, er_presets
+from defenses._er_family import ERFamily, ERHParams, er_presets
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import register_defense
 

@@ -1,11 +1,17 @@
 """The attack contracts and the runner's verification step.
 
-An attack plugin is a class registered with ``@register_attack("name")``. It declares
+An attack plugin is a class registered with ``@register_attack("name")``. It subclasses one of
+the two typed kinds (as Foolbox 3 does):
+
+* :class:`FixedEpsilonAttack` (``kind = "fixed"``): ``run(model, x, y, eps) -> x_adv`` for a
+  per-sample epsilon tensor;
+* :class:`MinimizationAttack` (``kind = "min"``): ``run(model, x, y) -> x_adv``, the smallest
+  adversarial example it finds; one run gives the whole accuracy-vs-epsilon curve.
+
+A plain :class:`Attack` subclass that sets ``kind`` itself is still accepted (the contract before
+the typed kinds). It declares
 
 * ``norms``: the threat models it supports (``Linf``, ``L2``, ``L1``);
-* ``kind``: ``"fixed"`` (``run(model, x, y, eps) -> x_adv`` for a per-sample epsilon tensor) or
-  ``"min"`` (``run(model, x, y) -> x_adv``, the smallest adversarial example it finds; one run
-  gives the whole accuracy-vs-epsilon curve);
 * ``access``: ``"gradient"``, ``"score"`` or ``"decision"`` (label only);
 * ``single_step``: True for a one-step gradient attack (FGSM); the cross-attack checks treat
   every other gradient attack as iterative;
@@ -60,7 +66,8 @@ class AttackParams:
 
 
 class Attack:
-    """Base class of attack plugins; subclasses implement ``run``."""
+    """Base class of attack plugins. Subclass :class:`FixedEpsilonAttack` or
+    :class:`MinimizationAttack` and implement ``run``; a direct subclass must set ``kind``."""
 
     name: ClassVar[str] = ""
     norms: ClassVar[tuple[str, ...]] = ("Linf",)
@@ -140,11 +147,44 @@ class Attack:
         raise NotImplementedError
 
 
+class FixedEpsilonAttack(Attack):
+    """An attack at a given epsilon per sample: the runner calls it once per grid point, on the
+    points that survived the smaller epsilons."""
+
+    kind: ClassVar[str] = "fixed"
+
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
+            generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial examples for ``x`` (labels ``y``) inside the ball of radius ``eps[i]`` around
+        ``x[i]``. Random draws come from ``generator``; ``x_init`` is the example found at the
+        previous epsilon, passed only to attacks declaring ``warm_start = True``."""
+        raise NotImplementedError
+
+
+class MinimizationAttack(Attack):
+    """An attack that returns the smallest adversarial example it finds (no epsilon): one run per
+    cell gives the whole accuracy-vs-epsilon curve."""
+
+    kind: ClassVar[str] = "min"
+
+    def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Adversarial examples for ``x`` (labels ``y``), as close to ``x`` as the attack can find;
+        a point it could not break may come back unchanged."""
+        raise NotImplementedError
+
+
+_TYPED_KINDS: dict[type[Attack], str] = {FixedEpsilonAttack: "fixed", MinimizationAttack: "min"}
+
+
 def validate_attack_class(name: str, obj: Any) -> None:
     if not (isinstance(obj, type) and issubclass(obj, Attack)):
         raise TypeError(f"Attack {name!r} must be a subclass of robustbench_er.attack.Attack.")
-    if obj.run is Attack.run:
+    if obj.run in (Attack.run, FixedEpsilonAttack.run, MinimizationAttack.run):
         raise TypeError(f"Attack {name!r} must implement run().")
+    for base, kind in _TYPED_KINDS.items():
+        if issubclass(obj, base) and obj.kind != kind:
+            raise TypeError(f"Attack {name!r} subclasses {base.__name__}, so its kind must be {kind!r}, not {obj.kind!r}.")
     if obj.kind not in KINDS:
         raise TypeError(f"Attack {name!r}: kind must be one of {KINDS}.")
     if obj.access not in ACCESS:

@@ -156,7 +156,7 @@ def test_per_sample_eps_groups(batch) -> None:
 
 
 def test_l1_projection_matches_bisection() -> None:
-    from attacks.pgd import project_l1
+    from robustbench_er.pgd import project_l1
 
     gen = torch.Generator().manual_seed(0)
     d = torch.randn(40, 30, generator=gen) * 2

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.pgd import pgd
 from robustbench_er import checks
 from robustbench_er.attack import Attack, AttackParams
 from robustbench_er.defense import DefendedModel, Defense, HParams
+from robustbench_er.pgd import pgd
 from robustbench_er.registry import ATTACKS, DEFENSES, register_attack, register_defense
 from robustbench_er.store import Store
 from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep

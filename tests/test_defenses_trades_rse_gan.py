@@ -47,7 +47,7 @@ def test_trades_loss_is_ce_at_beta_zero_and_grows_with_beta() -> None:
     clean = torch.randn(16, 10, generator=g)
     adv = clean + torch.randn(16, 10, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
-    from defenses.trades import trades_loss
+    from robustbench_er.training import trades_loss
 
     ce = F.cross_entropy(clean, y)
     assert torch.allclose(trades_loss(clean, adv, y, 0.0), ce)
@@ -57,7 +57,7 @@ def test_trades_loss_is_ce_at_beta_zero_and_grows_with_beta() -> None:
 
 
 def test_trades_adversarial_stays_in_ball_and_restores_mode(trades_pair, digits) -> None:
-    from defenses.trades import trades_adversarial
+    from robustbench_er.training import trades_adversarial
 
     model = trades_pair[0].model
     x = digits.x_test[:32]

@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.pgd import pgd
 from attacks.rays import RayS
 from robustbench_er.attack import perturbation_norm, verify
 from robustbench_er.defense import DefendedModel
 from robustbench_er.errors import UserInputError
+from robustbench_er.pgd import pgd
 from robustbench_er.registry import get_attack
 
 N = 32

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from robustbench_er import registry
-from robustbench_er.attack import Attack, AttackParams
+from robustbench_er.attack import Attack, AttackParams, FixedEpsilonAttack, MinimizationAttack
 from robustbench_er.defense import Defense, HParams
 from robustbench_er.errors import UserInputError
 
@@ -78,7 +78,20 @@ def test_validation_at_registration():
             def run(self, model, x, y, eps, generator=None):
                 return x
 
-    for name in ("not-a-defense", "no-build", "bad-preset", "bad-kind"):
+    with pytest.raises(TypeError, match="kind must be 'fixed'"):
+        @registry.register_attack("typed-bad-kind")
+        class TypedBadKind(FixedEpsilonAttack):
+            kind = "min"
+
+            def run(self, model, x, y, eps, *, generator=None, x_init=None):
+                return x
+
+    with pytest.raises(TypeError, match="implement run"):
+        @registry.register_attack("typed-no-run")
+        class TypedNoRun(MinimizationAttack):
+            pass
+
+    for name in ("not-a-defense", "no-build", "bad-preset", "bad-kind", "typed-bad-kind", "typed-no-run"):
         assert name not in registry.DEFENSES and name not in registry.ATTACKS
 
 
@@ -128,6 +141,27 @@ def test_attack_parameter_errors():
     with pytest.raises(UserInputError, match="Unknown norm"):
         pgd(norm="L7")
     assert isinstance(pgd(norm="linf").params, AttackParams)
+
+
+def test_plain_attack_subclass_declaring_kind_still_registers():
+    @registry.register_attack("legacy-min")
+    class LegacyMin(Attack):
+        kind = "min"
+
+        def run(self, model, x, y, generator=None):
+            return x
+
+    try:
+        assert registry.get_attack("legacy-min").kind == "min"
+    finally:
+        registry.ATTACKS.unregister("legacy-min")
+
+
+@pytest.mark.parametrize("name", registry.list_attacks())
+def test_every_builtin_attack_has_a_typed_kind(name):
+    cls = registry.get_attack(name)
+    expected = FixedEpsilonAttack if cls.kind == "fixed" else MinimizationAttack
+    assert issubclass(cls, expected), f"{name} ({cls.kind}) does not subclass {expected.__name__}"
 
 
 @pytest.mark.parametrize("group", ["robustbench_er.defenses", "robustbench_er.attacks"])

@@ -1,0 +1,71 @@
+"""The plugin layout: a plugin file holds one plugin and never imports another plugin's file.
+
+Shared machinery lives in the core (``robustbench_er``). A defense family may keep its shared
+code or networks in an underscore module beside its plugins (``defenses/_er_family.py``); such a
+module is not a plugin (no entry point) and is the only thing a plugin file may import from its
+folder.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("attacks", "defenses")
+
+
+def _imported_modules(path: Path) -> list[str]:
+    """Every module an ``import`` or ``from ... import`` in ``path`` names (function bodies included)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import: resolve against the file's package
+                base = path.parent.name if node.level == 1 else ""
+                module = ".".join(p for p in (base, node.module or "") if p)
+            else:
+                module = node.module or ""
+            names.append(module)
+            if module in FOLDERS:  # `from defenses import madry` names a module too
+                names.extend(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def _plugin_files() -> list[Path]:
+    return sorted(p for folder in FOLDERS for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", _plugin_files(), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_plugin_files_import_no_other_plugin(path: Path) -> None:
+    offending = []
+    for module in _imported_modules(path):
+        parts = module.split(".")
+        if parts[0] not in FOLDERS or len(parts) == 1:
+            continue
+        same_folder = parts[0] == path.parent.name
+        shared = len(parts) == 2 and parts[1].startswith("_")
+        if not (same_folder and shared):
+            offending.append(module)
+    assert not offending, f"{path.parent.name}/{path.name} imports {offending}; move shared code into robustbench_er"
+
+
+def test_the_check_catches_a_plugin_import(tmp_path: Path) -> None:
+    folder = tmp_path / "defenses"
+    folder.mkdir()
+    bad = folder / "x.py"
+    bad.write_text("import defenses.madry as m\nfrom attacks.pgd import PGD\ndef f():\n    from defenses import none\n")
+    assert _imported_modules(bad) == ["defenses.madry", "attacks.pgd", "defenses", "defenses.none"]
+
+
+def test_entry_points_name_plugins_and_no_shared_module() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    listed = {v for group in ("robustbench_er.attacks", "robustbench_er.defenses") for v in project[group].values()}
+    files = {f"{p.parent.name}.{p.stem}" for p in _plugin_files()}
+    plugins = {m for m in files if not m.split(".")[1].startswith("_")}
+    assert listed == plugins
+    assert len(project["robustbench_er.defenses"]) == len(set(project["robustbench_er.defenses"].values()))

@@ -43,9 +43,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from robustbench_er.attack import verify
     from robustbench_er.data import load_dataset
-    from robustbench_er.defense import get_or_train
     from robustbench_er.store import Store
-    from robustbench_er.sweep import AttackConfig, SweepConfig, _seed_for, parse_eps, plan, run_cell
+    from robustbench_er.sweep import (
+        AttackConfig,
+        SweepConfig,
+        _seed_for,
+        parse_eps,
+        plan_sweep,
+        run_cell,
+    )
+    from robustbench_er.trained import get_or_train
 
     grid = parse_eps(args.eps)
     data = load_dataset(args.dataset)
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
                                   attacks=[AttackConfig("autoattack", {"version": args.version})], eps=grid,
                                   norm="Linf", samples=args.samples, seed=args.seed, out=out, progress=False,
                                   search=search)
-                cell = plan(cfg)[0]
+                cell = plan_sweep(cfg)[0]
                 store = Store(out)
                 try:
                     t0 = time.perf_counter()

@@ -67,8 +67,8 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
 
     import foolbox as fb
 
-    from robustbench_er.defense import get_or_train
     from robustbench_er.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
+    from robustbench_er.trained import get_or_train
 
     torch.manual_seed(0)
     trained = get_or_train(defense, data, out=Path(args.out), progress=False)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from robustbench_er.attack import LibraryModel, clip_to_ball, draw_seed, eps_groups, seeded
-from robustbench_er.defense import DefendedModel
+from robustbench_er.defended import DefendedModel
 from robustbench_er.training import eval_mode
 
 

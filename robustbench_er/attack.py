@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustbench_er.defense import DefendedModel
+from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
 
 NORMS = ("Linf", "L2", "L1")

@@ -296,7 +296,7 @@ def bpda_flags(attack_spec: dict[str, Any], label: str) -> dict[str, str]:
 
 def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
     """All per-model and per-cell checks of one finished cell."""
-    from robustbench_er.defense import device_of
+    from robustbench_er.defended import device_of
 
     model = cell.trained.model
     dev = device_of(model)

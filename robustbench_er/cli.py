@@ -121,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from robustbench_er.config import check_device, check_output_folder, parse_sets
     from robustbench_er.data import load_dataset
-    from robustbench_er.defense import get_or_train
     from robustbench_er.device import resolve_device
+    from robustbench_er.trained import get_or_train
 
     try:
         seed = TypeAdapter(int).validate_python(args.seed or 0)

@@ -506,8 +506,8 @@ def check_device(name: str, where: str = "device") -> None:
 def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, progress: bool = True) -> Any:
     """Check ``spec`` against the registries, the dataset and the plugins' typed parameters and
     return the SweepConfig; every error is a UserInputError naming the field."""
+    from robustbench_er.checkpoints import read_meta
     from robustbench_er.data import load_dataset
-    from robustbench_er.defense import read_meta
     from robustbench_er.registry import ATTACKS, DATASETS, DEFENSES
     from robustbench_er.sweep import AttackConfig, SweepConfig, make_attack, validate_grid
 

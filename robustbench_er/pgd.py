@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_er.attack import clip_to_ball
-from robustbench_er.defense import DefendedModel
+from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
 
 

@@ -34,17 +34,13 @@ import numpy as np
 import torch
 
 from robustbench_er.attack import Attack, canonical_norm, verify
+from robustbench_er.checkpoints import spec_hash
 from robustbench_er.data import Dataset, load_dataset
-from robustbench_er.defense import (
-    DefendedModel,
-    Trained,
-    check_model_output,
-    get_or_train,
-    spec_hash,
-)
+from robustbench_er.defended import DefendedModel, check_model_output
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import get_attack, get_defense
 from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
+from robustbench_er.trained import Trained, get_or_train
 
 log = logging.getLogger(__name__)
 
@@ -194,19 +190,24 @@ def eps_scale(norm: str, l2_unit: str, dim: int) -> float:
     return 1.0
 
 
-def plan(cfg: SweepConfig, store: Store | None = None,
-         on_train: Callable[[str, Trained], None] | None = None,
-         on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
-    """Validate the config, train or reuse checkpoints, and return the cells to run.
+@dataclass
+class Prepared:
+    """A sweep's inputs once checked: the dataset, the grid in the norm's own unit, the sample ids
+    and each attack's own grid. Built by :func:`prepare`, which trains and writes nothing."""
 
-    In ``cascade`` mode a defense's cells form a chain in the listed attack order: each cell
-    (stage) starts from the previous stage's outcomes and attacks only the points still standing,
-    so its outcomes are the worst case over every stage so far. In ``independent`` mode every
-    attack runs on every point.
+    data: Dataset
+    norm: str
+    grid: list[float]
+    scale: float
+    ids: np.ndarray
+    attack_grids: list[list[float] | None]
+    device: torch.device
 
-    A (defense, attack) pair the attack cannot run on (a gradient attack on a defense declared
-    non-differentiable, say) is skipped with ``on_skip(defense, attack, reason)`` when the sweep
-    has other pairs to run; if nothing is left, the reason is raised as a UserInputError.
+
+def prepare(cfg: SweepConfig) -> Prepared:
+    """Check every name, grid, sample count and attack parameter of ``cfg`` and load the data.
+
+    Nothing is trained or written, so a bad input costs nothing.
     """
     from robustbench_er.device import resolve_device
 
@@ -247,21 +248,48 @@ def plan(cfg: SweepConfig, store: Store | None = None,
         make_attack(a, norm, False, cfg.eot)
     for d in cfg.defenses:
         get_defense(d).hparams(data.spec.name, cfg.profile, cfg.defense_overrides.get(d))
-    device = resolve_device(cfg.device)
+    return Prepared(data, norm, grid, scale, ids, attack_grids, resolve_device(cfg.device))
+
+
+def train_defenses(cfg: SweepConfig, prep: Prepared,
+                   on_train: Callable[[str, Trained], None] | None = None) -> dict[str, Trained]:
+    """The training step: train each defense of ``cfg`` or reuse its checkpoint (or load the
+    checkpoint folder the user named), and check that the model's output is usable."""
+    trained: dict[str, Trained] = {}
+    for d in cfg.defenses:
+        t = get_or_train(d, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
+                         overrides=cfg.defense_overrides.get(d), device=prep.device, progress=cfg.progress,
+                         checkpoint_dir=Path(cfg.checkpoints[d]) if d in cfg.checkpoints else None)
+        if on_train:
+            on_train(d, t)
+        check_model_output(t.model, prep.data.x_test[:4].to(prep.device))
+        trained[d] = t
+    return trained
+
+
+def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
+         on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
+    """The cells to run for the trained models: no training, no I/O.
+
+    In ``cascade`` mode a defense's cells form a chain in the listed attack order: each cell
+    (stage) starts from the previous stage's outcomes and attacks only the points still standing,
+    so its outcomes are the worst case over every stage so far. In ``independent`` mode every
+    attack runs on every point.
+
+    A (defense, attack) pair the attack cannot run on (a gradient attack on a defense declared
+    non-differentiable, say) is skipped with ``on_skip(defense, attack, reason)`` when the sweep
+    has other pairs to run; if nothing is left, the reason is raised as a UserInputError.
+    """
+    data, norm, grid, scale, ids = prep.data, prep.norm, prep.grid, prep.scale, prep.ids
     cells: list[Cell] = []
     skipped: list[tuple[str, str, str]] = []
     for d in cfg.defenses:
-        trained = get_or_train(d, data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                               overrides=cfg.defense_overrides.get(d), device=device, progress=cfg.progress,
-                               checkpoint_dir=Path(cfg.checkpoints[d]) if d in cfg.checkpoints else None)
-        if on_train:
-            on_train(d, trained)
-        model = trained.model
-        check_model_output(model, data.x_test[:4].to(device))
+        t = trained[d]
+        model = t.model
         randomized = bool(model.randomized)
         eot = cfg.eot if randomized else 1
         upstream: str | None = None
-        for stage, (a, agrid) in enumerate(zip(cfg.attacks, attack_grids)):
+        for stage, (a, agrid) in enumerate(zip(cfg.attacks, prep.attack_grids)):
             attack = make_attack(a, norm, randomized, eot)
             try:
                 attack.check_model(model)
@@ -275,7 +303,7 @@ def plan(cfg: SweepConfig, store: Store | None = None,
             # a random prefix of the fixed permutation, processed in index order
             cids = np.sort(ids[: a.samples] if a.samples else ids)
             search = cfg.search if attack.kind == "fixed" else "once"
-            spec = {"dataset": data.spec.name, "checkpoint": trained.identity, "defense": get_defense(d).name,
+            spec = {"dataset": data.spec.name, "checkpoint": t.identity, "defense": get_defense(d).name,
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
@@ -286,7 +314,7 @@ def plan(cfg: SweepConfig, store: Store | None = None,
                     "retry": bool(attack.search_retry) if search == "bisect" else False}
             if attack.single_step:  # only when set, so other cells keep their ids
                 spec["single_step"] = True
-            cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, trained, attack, a, cgrid,
+            cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, t, attack, a, cgrid,
                         cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
             cells.append(cell)
             if cfg.mode == "cascade":
@@ -294,6 +322,13 @@ def plan(cfg: SweepConfig, store: Store | None = None,
     if not cells and skipped:
         raise UserInputError(skipped[0][2])
     return cells
+
+
+def plan_sweep(cfg: SweepConfig, on_train: Callable[[str, Trained], None] | None = None,
+               on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
+    """The three steps before running: :func:`prepare`, :func:`train_defenses`, :func:`plan`."""
+    prep = prepare(cfg)
+    return plan(cfg, prep, train_defenses(cfg, prep, on_train), on_skip)
 
 
 @dataclass
@@ -427,7 +462,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
     """
     from tqdm.auto import tqdm
 
-    from robustbench_er.defense import device_of
+    from robustbench_er.defended import device_of
     from robustbench_er.metrics import curve
 
     model: DefendedModel = cell.trained.model
@@ -517,12 +552,12 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
               on_skip: Callable[[str, str, str], None] | None = None,
               stop_after_steps: int | None = None) -> list[CellSummary]:
     """Plan, run every cell (resuming finished steps), run the checks, write the reports."""
+    from robustbench_er.checkpoints import versions
     from robustbench_er.checks import run_cell_checks
-    from robustbench_er.defense import versions
     from robustbench_er.report import write_reports
 
     out = Path(cfg.out)
-    cells = plan(cfg, on_train=on_train, on_skip=on_skip)
+    cells = plan_sweep(cfg, on_train=on_train, on_skip=on_skip)
     store = Store(out)
     try:
         config = dataclasses.asdict(cfg)

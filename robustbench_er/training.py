@@ -2,13 +2,16 @@
 adversarial batches of min-max training (PGD, via :mod:`robustbench_er.pgd`) and the TRADES
 inner maximisation and loss (Zhang et al., ICML 2019, arXiv:1901.08573).
 
-The epoch loop itself is :func:`robustbench_er.defense.fit`.
+It also holds the epoch loop every defense trains with (:func:`fit`), the optimizer and batch
+helpers it uses, and the clean-accuracy measure (:func:`accuracy`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -16,9 +19,75 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, HParams, fit, make_optimizer
+from robustbench_er.defended import DefendedModel, device_of
+from robustbench_er.errors import UserInputError
+from robustbench_er.hparams import HParams
 from robustbench_er.models import build_backbone
 from robustbench_er.pgd import pgd
+
+log = logging.getLogger(__name__)
+
+
+def make_optimizer(params: Any, hp: HParams, lr: float | None = None) -> torch.optim.Optimizer:
+    lr = hp.lr if lr is None else lr
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=hp.weight_decay)
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    raise UserInputError(f"Unknown optimizer {hp.optimizer!r}; use 'sgd' or 'adam'.")
+
+
+def training_batches(data: Dataset, hp: HParams, seed: int, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    n = len(data.y_train)
+    if hp.train_samples and hp.train_samples < n:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: hp.train_samples]
+    else:
+        idx = torch.arange(n)
+    idx = idx[torch.randperm(len(idx), generator=g)]
+    for i in range(0, len(idx), hp.batch_size):
+        b = idx[i:i + hp.batch_size]
+        yield data.x_train[b], data.y_train[b]
+
+
+
+def fit(model: DefendedModel, data: Dataset, hp: HParams, seed: int, progress: bool,
+        step: Callable[[torch.Tensor, torch.Tensor, int], dict[str, float]], desc: str = "train") -> dict[str, Any]:
+    """The shared epoch loop: shuffling, device transfer, tqdm, loss history, timing.
+
+    ``step(x, y, epoch)`` does one update on a batch and returns scalar losses to log.
+    """
+    from tqdm.auto import tqdm
+
+    dev = device_of(model)
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    n_batches = -(-min(len(data.y_train), hp.train_samples or len(data.y_train)) // hp.batch_size)
+    bar = tqdm(total=hp.epochs * n_batches, desc=desc, disable=not progress, leave=False)
+    for epoch in range(hp.epochs):
+        sums: dict[str, float] = {}
+        count = 0
+        for xb, yb in training_batches(data, hp, seed, epoch):
+            model.train()
+            losses = step(xb.to(dev), yb.to(dev), epoch)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            bar.update(1)
+            bar.set_postfix({k: f"{v / count:.3f}" for k, v in sums.items()})
+        history.append({"epoch": epoch, **{k: v / max(count, 1) for k, v in sums.items()}})
+        log.info("%s epoch %d: %s", desc, epoch, history[-1])
+    bar.close()
+    model.eval()
+    return {"history": history, "train_seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def accuracy(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    model.eval()
+    dev = device_of(model)
+    pred = model.predict_label(x.to(dev), batch_size=batch_size)
+    return float((pred.cpu() == y).float().mean()) if len(y) else float("nan")
 
 
 @contextlib.contextmanager

@@ -11,18 +11,11 @@ import torch
 from torch import nn
 
 from robustbench_er import registry
-from robustbench_er.defense import (
-    DefendedModel,
-    Defense,
-    HParams,
-    build_model,
-    check_model_output,
-    get_or_train,
-    load_checkpoint,
-    load_weights,
-)
+from robustbench_er.checkpoints import load_checkpoint, load_weights
+from robustbench_er.defense import DefendedModel, Defense, HParams, check_model_output
 from robustbench_er.errors import UserInputError
 from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.trained import build_model, get_or_train
 
 
 def test_reload_is_bit_identical(none_digits, digits):

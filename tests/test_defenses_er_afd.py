@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from robustbench_er.defense import get_or_train
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import get_defense
+from robustbench_er.trained import get_or_train
 
 ER_NAMES = ["er-classifier", "er-classifier-", "er-trades", "e-cla", "vae-cla"]
 AFD_NAMES = ["afd", "afd-matching"]

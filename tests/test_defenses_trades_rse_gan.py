@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustbench_er.defense import get_or_train
 from robustbench_er.errors import UserInputError
+from robustbench_er.trained import get_or_train
 
 TINY = {"epochs": 1, "train_samples": 256}
 

@@ -13,11 +13,12 @@ from torch import nn
 
 from robustbench_er import checks
 from robustbench_er.attack import verify
-from robustbench_er.defense import DefendedModel, Defense, HParams, get_or_train
+from robustbench_er.defense import DefendedModel, Defense, HParams
 from robustbench_er.errors import UserInputError
 from robustbench_er.registry import DEFENSES, get_attack, get_defense, register_defense
 from robustbench_er.store import Store
 from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.trained import get_or_train
 
 #: a tiny Defense-GAN (about 57% clean accuracy on digits: a weak GAN, but enough points to attack)
 GAN_OVERRIDES = {"epochs": 3, "train_samples": 512, "gan_iters": 120, "restarts": 2, "rec_steps": 15}

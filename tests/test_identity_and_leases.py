@@ -28,7 +28,7 @@ SWEEP = ["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm,
 @pytest.fixture(scope="module")
 def two_models(digits, tmp_path_factory):
     """Two tiny undefended nets with the same hyper-parameters but different seeds, hence weights."""
-    from robustbench_er.defense import get_or_train
+    from robustbench_er.trained import get_or_train
 
     root = tmp_path_factory.mktemp("two")
     a = get_or_train("none", digits, seed=0, out=root, overrides=FAST, progress=False)
@@ -105,7 +105,7 @@ def test_checkpoints_without_id_get_their_own_cells(two_models, tmp_path, capsys
 
 def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
     from robustbench_er import files
-    from robustbench_er.defense import read_meta, save_checkpoint
+    from robustbench_er.checkpoints import read_meta, save_checkpoint
 
     a, _ = two_models
     folder = tmp_path / "ck"
@@ -129,7 +129,8 @@ def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
 
 
 def test_identity_is_stable_across_reloads_and_measured(two_models, digits, tmp_path):
-    from robustbench_er.defense import accuracy, get_or_train
+    from robustbench_er.defense import accuracy
+    from robustbench_er.trained import get_or_train
 
     a, _ = two_models
     again = get_or_train("none", digits, seed=0, out=a.folder.parents[1], overrides=FAST, progress=False)
@@ -206,11 +207,11 @@ def test_held_cell_is_deferred_and_taken_over_when_its_lease_expires(two_models,
 
 
 def test_training_waits_for_the_process_that_trains(two_models, digits, tmp_path, monkeypatch):
-    from robustbench_er import defense
-    from robustbench_er.defense import get_or_train
+    from robustbench_er import trained
+    from robustbench_er.trained import get_or_train
 
     a, _ = two_models
-    monkeypatch.setattr(defense, "TRAIN_POLL", 0.2)
+    monkeypatch.setattr(trained, "TRAIN_POLL", 0.2)
     folder = tmp_path / "checkpoints" / a.folder.name
     folder.parent.mkdir(parents=True)
     conn = connect(folder.parent / "leases.sqlite")

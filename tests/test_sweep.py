@@ -120,7 +120,7 @@ def test_killed_run_resumes_to_identical_curves(full_run, tmp_path):
 
 def test_checkpoint_reused_between_sweeps(full_run):
     from robustbench_er.data import load_dataset
-    from robustbench_er.defense import get_or_train
+    from robustbench_er.trained import get_or_train
 
     out, _ = full_run
     t = get_or_train("none", load_dataset("digits"), out=out, progress=False)
@@ -191,3 +191,21 @@ def test_headline_of_one_norm_leaves_the_others_alone(tmp_path):
     board = pd.read_csv(out / "leaderboard.csv").set_index("norm")
     assert board.loc["L2", "headline_eps"] == 1.0
     assert board.loc["Linf", "headline_eps"] == 0.2  # what the Linf sweep asked for, not L2's 1.0
+
+
+def test_plan_is_pure_and_training_is_its_own_step(full_run, tmp_path):
+    from robustbench_er.sweep import plan, prepare, train_defenses
+
+    out, summaries = full_run
+    cfg = _cfg(out)
+    prep = prepare(cfg)  # checks and loads the data only
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    trained = train_defenses(cfg, prep)  # reuses the finished checkpoint
+    cells = plan(cfg, prep, trained)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
+    assert before == after  # planning (and reusing a checkpoint) writes nothing
+    assert [c.cell_id for c in cells] == [s.cell_id for s in summaries]  # the cells the sweep ran
+    assert [c.attack_cfg.name for c in cells] == ["pgd", "fgsm"]
+    with pytest.raises(UserInputError, match="samples"):
+        prepare(_cfg(tmp_path / "bad", samples=10_000_000))
+    assert not (tmp_path / "bad").exists()  # a bad input found before anything is written

@@ -1,3 +1,24 @@
-"""robustbench-er: an adversarial-robustness benchmarking harness for PyTorch."""
+"""robustbench-er: an adversarial-robustness benchmarking harness for PyTorch.
+
+The public Python API is :func:`benchmark` (sweep attacks over epsilons against any model) and
+:func:`load_defense` (a registered defense, trained or loaded); see ``docs/python-api.md``.
+They are imported on first use, so ``import robustbench_er`` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["BenchmarkResult", "benchmark", "load_defense"]
+
+if TYPE_CHECKING:
+    from robustbench_er.api import BenchmarkResult, benchmark, load_defense
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from robustbench_er import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'robustbench_er' has no attribute {name!r}")

@@ -1,0 +1,228 @@
+"""The public Python API: :func:`benchmark` and :func:`load_defense`.
+
+``benchmark`` evaluates any ``torch.nn.Module`` that maps images in [0, 1] to logits (or a
+:class:`~robustbench_er.defended.DefendedModel`) with the same sweep as the CLI: the model is
+saved as a harness checkpoint (safetensors + JSON) under ``out``, entered as a one-off defense,
+and swept through the typed experiment schema, so the cascade, the per-sample search, the
+store, the leases, the checks and the reports are exactly the CLI's. Its results are keyed on a
+hash of its weights, so a second call with the same weights and ``out`` resumes.
+
+``load_defense`` returns a registered defense trained (or loaded from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+from torch import nn
+
+from robustbench_er.defended import DefendedModel
+from robustbench_er.errors import UserInputError
+
+__all__ = ["BenchmarkResult", "benchmark", "load_defense"]
+
+
+@dataclass
+class BenchmarkResult:
+    """What :func:`benchmark` measured.
+
+    Accuracies are fractions. ``leaderboard`` has one row per (model, norm) with the headline
+    robust accuracy at ``headline_eps`` (per-sample
+    worst case over every attack at the headline eps, on the points they all ran on), clean
+    accuracy, AUC, ``n`` and flags; ``curves`` the robust accuracy per attack (or cascade stage)
+    and epsilon, with a ``worst-case`` curve; ``attacks`` one row per attack (or stage).
+    ``paths`` names the files written under ``out`` (empty when ``out`` was a temporary folder,
+    which is removed once the result is built).
+    """
+
+    leaderboard: pd.DataFrame
+    curves: pd.DataFrame
+    attacks: pd.DataFrame
+    out: Path | None
+    paths: dict[str, Path] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+    def robust_accuracy(self, eps: float | None = None, norm: str | None = None) -> float:
+        """The worst-case robust accuracy (a fraction) at ``eps`` (default: the headline eps)."""
+        if eps is None:
+            rows = self.leaderboard if norm is None else self.leaderboard[self.leaderboard["norm"] == norm]
+            if rows.empty:
+                raise UserInputError(f"No leaderboard row for norm {norm!r}.")
+            return float(rows["robust_acc"].iloc[0])
+        c = self.curves[self.curves["attack"] == "worst-case"]
+        if norm is not None:
+            c = c[c["norm"] == norm]
+        hit = c[(c["eps"] - float(eps)).abs() < 1e-9]
+        if hit.empty:
+            raise UserInputError(f"eps {eps} is not a point of the sweep's grid ({sorted(set(c['eps']))}).")
+        return float(hit["robust_acc"].iloc[0])
+
+
+def _given_defense(name: str, dataset: str, net: nn.Module, *, classes: int, mean: tuple[float, ...],
+                   std: tuple[float, ...], randomized: bool, differentiable: bool, output: str) -> Any:
+    """A one-off defense class whose ``build`` returns a fresh copy of ``net`` and whose ``wrap``
+    applies the user's declarations (not the dataset's normalisation)."""
+    from robustbench_er.defense import Defense
+    from robustbench_er.hparams import HParams
+
+    template = copy.deepcopy(net).cpu()
+
+    class GivenModel(Defense):
+        presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {dataset: {"quick": {}, "paper": {}}}
+        trainable = False
+
+        def build(self, spec: Any, hp: Any) -> nn.Module:
+            return copy.deepcopy(template)
+
+        def wrap(self, net: nn.Module, spec: Any, hp: Any) -> DefendedModel:
+            return DefendedModel(net, classes, mean=mean, std=std, randomized=randomized,
+                                 differentiable=differentiable, output=output,
+                                 n_passes=1)
+
+    GivenModel.HParams = HParams
+    GivenModel.randomized = randomized
+    GivenModel.differentiable = differentiable
+    GivenModel.output = output
+    GivenModel.__name__ = GivenModel.__qualname__ = f"GivenModel[{name}]"
+    return GivenModel
+
+
+@contextlib.contextmanager
+def _registered(name: str, cls: type) -> Iterator[None]:
+    from robustbench_er.registry import DEFENSES
+
+    if name in DEFENSES:
+        raise UserInputError(f"name {name!r} is a registered defense; give your model another name.")
+    DEFENSES.register(name, cls, origin="robustbench_er.benchmark")
+    cls.name = name.strip().lower()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        DEFENSES.unregister(name)
+
+
+def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], eps: str | Sequence[float] | float,
+              norm: str = "Linf", samples: int | str = 500, out: str | Path | None = None, name: str = "model",
+              randomized: bool = False, differentiable: bool = True, output: str = "logits",
+              normalize: tuple[Sequence[float], Sequence[float]] | None = None, mode: str = "cascade",
+              search: str = "bisect", headline: float | None = None, eot: int = 10, batch_size: int = 128,
+              seed: int = 0, device: str = "auto", data_dir: str | Path | None = None,
+              progress: bool = False) -> BenchmarkResult:
+    """Sweep ``attacks`` over ``eps`` against ``model`` on ``dataset``; return the curves and leaderboard.
+
+    ``model`` maps images in [0, 1] (N x C x H x W) to logits, or to probabilities with
+    ``output="probs"``; with ``normalize=(mean, std)`` it expects normalised images and the
+    harness normalises inside. ``randomized=True`` declares a stochastic forward (EOT gradients,
+    majority votes over ``eot`` passes); ``differentiable=False`` keeps gradient attacks off it.
+    A :class:`~robustbench_er.defended.DefendedModel` is taken with its own declarations.
+
+    ``attacks`` is a string as on the command line (``"pgd,autoattack"``,
+    ``"pgd(steps=100)"``) or a list of names and mappings ``{name, params, eps, samples, label}``;
+    ``eps`` a grid (``"0:0.3:0.05"``, a list, or one number). Every input is checked before any
+    work; a bad one raises :class:`~robustbench_er.errors.UserInputError` with one sentence.
+
+    With ``out=None`` the store lives in a temporary folder that is removed afterwards; with a
+    folder, everything is written there as the CLI writes it, and a rerun resumes.
+    """
+    from robustbench_er.checkpoints import model_identity, save_checkpoint
+    from robustbench_er.config import parse_experiment
+    from robustbench_er.data import load_dataset
+    from robustbench_er.sweep import run_sweep
+
+    if not isinstance(model, nn.Module):
+        raise UserInputError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\,()"):
+        raise UserInputError(f"name must be a plain non-empty string; got {name!r}.")
+    data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
+    if isinstance(model, DefendedModel):
+        net, mean, std = model.net, model._norm_args[0], model._norm_args[1]
+        randomized, differentiable, output = model.randomized, model.differentiable, model.output
+    else:
+        net = model
+        mean, std = ((), ())
+        if normalize is not None:
+            try:
+                mean, std = tuple(float(v) for v in normalize[0]), tuple(float(v) for v in normalize[1])
+            except (TypeError, ValueError, IndexError) as exc:
+                raise UserInputError(f"normalize must be (mean, std), two sequences of numbers; got {normalize!r}.") from exc
+            if len(mean) != len(std) or len(mean) not in (1, data.spec.shape[0]):
+                raise UserInputError(
+                    f"normalize needs one mean and one std per channel ({data.spec.shape[0]}); got {normalize!r}.")
+    cls = _given_defense(name, data.spec.name, net, classes=data.spec.classes, mean=mean, std=std,
+                         randomized=bool(randomized), differentiable=bool(differentiable), output=output)
+    wrapped = cls().wrap(cls().build(data.spec, None), data.spec, None)
+    wrapped.eval()
+    ident = model_identity(name, wrapped, {})
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="robustbench-er-")))
+        else:
+            root = Path(out)
+        raw: dict[str, Any] = {"dataset": dataset, "defenses": [name], "attacks": attacks,
+                               "eps": eps if isinstance(eps, (str, list, tuple)) else [eps],
+                               "norm": norm, "samples": samples, "mode": mode, "search": search, "eot": eot,
+                               "batch_size": batch_size, "seed": seed, "out": str(root)}
+        if isinstance(raw["eps"], tuple):
+            raw["eps"] = list(raw["eps"])
+        if headline is not None:
+            raw["headline"] = headline
+        if data_dir is not None:
+            raw["data_dir"] = str(data_dir)
+        stack.enter_context(_registered(name, cls))
+        folder = root / "checkpoints" / f"{cls.name}-{data.spec.name}-{ident}"
+        raw["checkpoints"] = {name: str(folder)}
+        # check every input before writing the checkpoint (the schema reads the folder's metadata
+        # only when it exists, so check without it first)
+        parse_experiment({k: v for k, v in raw.items() if k != "checkpoints"}, out=str(root), device=device,
+                         source="benchmark()").configs(progress=progress)
+        if not (folder / "meta.json").is_file():
+            save_checkpoint(folder, wrapped, {"defense": cls.name, "dataset": data.spec.name, "profile": "quick",
+                                              "hparams": {}, "source": "robustbench_er.benchmark",
+                                              "id": ident, "randomized": bool(randomized)})
+        (cfg,) = parse_experiment(raw, out=str(root), device=device, source="benchmark()").configs(progress=progress)
+        loaded: list[str] = []
+        run_sweep(cfg, command=f"robustbench_er.benchmark(<{type(net).__name__}>, dataset={dataset!r}, ...)",
+                  on_train=lambda _name, t: loaded.append(t.identity))
+        # the folder may hold other models' results: keep this model's rows (keyed on its weights)
+        tables = {}
+        for k in ("leaderboard", "curves", "attacks"):
+            f = root / f"{k}.csv"
+            df = pd.read_csv(f, dtype={"checkpoint": str}) if f.is_file() else pd.DataFrame()
+            if "checkpoint" in df:
+                df = df[df["checkpoint"].isin(loaded)].reset_index(drop=True)
+            tables[k] = df
+        paths = {} if out is None else {p.name: p for p in sorted(root.iterdir()) if p.is_file()}
+        return BenchmarkResult(tables["leaderboard"], tables["curves"], tables["attacks"],
+                               None if out is None else root, paths, None if out is None else folder)
+
+
+def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: str | Path | None = None, *,
+                 out: str | Path = "results", seed: int = 0, overrides: dict[str, Any] | None = None,
+                 device: str = "auto", data_dir: str | Path | None = None,
+                 progress: bool = False) -> DefendedModel:
+    """A registered defense as a :class:`~robustbench_er.defended.DefendedModel`, in eval mode.
+
+    With ``checkpoint`` (a folder with ``model.safetensors`` and ``meta.json``) it is loaded as
+    is; otherwise the checkpoint of (``name``, ``dataset``, ``profile``, ``overrides``, ``seed``)
+    under ``out/checkpoints`` is reused, or trained there first.
+    """
+    from robustbench_er.data import load_dataset
+    from robustbench_er.device import resolve_device
+    from robustbench_er.registry import get_defense
+    from robustbench_er.trained import get_or_train
+
+    cls = get_defense(name)
+    data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
+    if checkpoint is None:
+        cls.hparams(data.spec.name, profile, overrides)  # checked before any training
+    trained = get_or_train(cls.name, data, profile=profile, seed=seed, out=Path(out), overrides=overrides,
+                           device=resolve_device(device), progress=progress,
+                           checkpoint_dir=Path(checkpoint) if checkpoint is not None else None)
+    return trained.model.eval()

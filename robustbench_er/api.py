@@ -13,18 +13,18 @@ hash of its weights, so a second call with the same weights and ``out`` resumes.
 from __future__ import annotations
 
 import contextlib
-import copy
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pandas as pd
 from torch import nn
 
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
+from robustbench_er.imported import given_defense, registered
 
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 
@@ -65,49 +65,6 @@ class BenchmarkResult:
         return float(hit["robust_acc"].iloc[0])
 
 
-def _given_defense(name: str, dataset: str, net: nn.Module, *, classes: int, mean: tuple[float, ...],
-                   std: tuple[float, ...], randomized: bool, differentiable: bool, output: str) -> Any:
-    """A one-off defense class whose ``build`` returns a fresh copy of ``net`` and whose ``wrap``
-    applies the user's declarations (not the dataset's normalisation)."""
-    from robustbench_er.defense import Defense
-    from robustbench_er.hparams import HParams
-
-    template = copy.deepcopy(net).cpu()
-
-    class GivenModel(Defense):
-        presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {dataset: {"quick": {}, "paper": {}}}
-        trainable = False
-
-        def build(self, spec: Any, hp: Any) -> nn.Module:
-            return copy.deepcopy(template)
-
-        def wrap(self, net: nn.Module, spec: Any, hp: Any) -> DefendedModel:
-            return DefendedModel(net, classes, mean=mean, std=std, randomized=randomized,
-                                 differentiable=differentiable, output=output,
-                                 n_passes=1)
-
-    GivenModel.HParams = HParams
-    GivenModel.randomized = randomized
-    GivenModel.differentiable = differentiable
-    GivenModel.output = output
-    GivenModel.__name__ = GivenModel.__qualname__ = f"GivenModel[{name}]"
-    return GivenModel
-
-
-@contextlib.contextmanager
-def _registered(name: str, cls: type) -> Iterator[None]:
-    from robustbench_er.registry import DEFENSES
-
-    if name in DEFENSES:
-        raise UserInputError(f"name {name!r} is a registered defense; give your model another name.")
-    DEFENSES.register(name, cls, origin="robustbench_er.benchmark")
-    cls.name = name.strip().lower()  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        DEFENSES.unregister(name)
-
-
 def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], eps: str | Sequence[float] | float,
               norm: str = "Linf", samples: int | str = 500, out: str | Path | None = None, name: str = "model",
               randomized: bool = False, differentiable: bool = True, output: str = "logits",
@@ -134,6 +91,8 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
     from robustbench_er.checkpoints import model_identity, save_checkpoint
     from robustbench_er.config import parse_experiment
     from robustbench_er.data import load_dataset
+    from robustbench_er.hparams import HParams
+    from robustbench_er.registry import normalize as normalize_name
     from robustbench_er.sweep import run_sweep
 
     if not isinstance(model, nn.Module):
@@ -155,11 +114,11 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
             if len(mean) != len(std) or len(mean) not in (1, data.spec.shape[0]):
                 raise UserInputError(
                     f"normalize needs one mean and one std per channel ({data.spec.shape[0]}); got {normalize!r}.")
-    cls = _given_defense(name, data.spec.name, net, classes=data.spec.classes, mean=mean, std=std,
+    cls = given_defense(name, data.spec.name, net, classes=data.spec.classes, mean=mean, std=std,
                          randomized=bool(randomized), differentiable=bool(differentiable), output=output)
     wrapped = cls().wrap(cls().build(data.spec, None), data.spec, None)
     wrapped.eval()
-    ident = model_identity(name, wrapped, {})
+    ident = model_identity(normalize_name(name), wrapped, HParams())
     with contextlib.ExitStack() as stack:
         if out is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="robustbench-er-")))
@@ -175,7 +134,7 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
             raw["headline"] = headline
         if data_dir is not None:
             raw["data_dir"] = str(data_dir)
-        stack.enter_context(_registered(name, cls))
+        stack.enter_context(registered(name, cls, origin="robustbench_er.benchmark"))
         folder = root / "checkpoints" / f"{cls.name}-{data.spec.name}-{ident}"
         raw["checkpoints"] = {name: str(folder)}
         # check every input before writing the checkpoint (the schema reads the folder's metadata
@@ -185,7 +144,8 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
         if not (folder / "meta.json").is_file():
             save_checkpoint(folder, wrapped, {"defense": cls.name, "dataset": data.spec.name, "profile": "quick",
                                               "hparams": {}, "source": "robustbench_er.benchmark",
-                                              "id": ident, "randomized": bool(randomized)})
+                                              "classes": data.spec.classes, "id": ident,
+                                              "randomized": bool(randomized)})
         (cfg,) = parse_experiment(raw, out=str(root), device=device, source="benchmark()").configs(progress=progress)
         loaded: list[str] = []
         run_sweep(cfg, command=f"robustbench_er.benchmark(<{type(net).__name__}>, dataset={dataset!r}, ...)",

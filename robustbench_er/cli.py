@@ -163,10 +163,50 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from robustbench_er.config import sweep_config_from_flags
+    import contextlib
 
-    cfg = sweep_config_from_flags(sweep_flags(args), progress=not args.quiet)
-    return _run_config(cfg, _command(), args.quiet)
+    from robustbench_er.config import sweep_config_from_flags
+    from robustbench_er.imported import registered_checkpoint
+
+    with contextlib.ExitStack() as stack:
+        if args.checkpoint:
+            # a model brought in with import-model is entered as a one-off defense for this run
+            imported = stack.enter_context(registered_checkpoint(args.checkpoint))
+            if imported is not None and not args.defense:
+                args.defense = imported
+        if not args.defense:
+            raise UserInputError("--defense: name at least one defense (or give --checkpoint of an imported model).")
+        cfg = sweep_config_from_flags(sweep_flags(args), progress=not args.quiet)
+        return _run_config(cfg, _command(), args.quiet)
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserInputError(f"{flag}: expected numbers separated by commas; got {text!r}.") from None
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from robustbench_er.imported import import_model
+
+    mean: list[float] = []
+    std: list[float] = []
+    if args.normalize:
+        if args.normalize.count("/") != 1:
+            raise UserInputError(f"--normalize: expected MEAN/STD (e.g. 0.1307/0.3081); got {args.normalize!r}.")
+        m, sd = args.normalize.split("/")
+        mean, std = _floats(m, "--normalize"), _floats(sd, "--normalize")
+        if not mean or len(mean) != len(std) or any(v <= 0 for v in std):
+            raise UserInputError("--normalize: give as many means as stds, every std > 0.")
+    folder, how, clean = import_model(arch=args.arch, weights=args.weights, dataset=args.dataset, name=args.name,
+                                      out=args.out, mean=mean, std=std, randomized=args.randomized,
+                                      differentiable=not args.not_differentiable, output=args.output,
+                                      data_dir=args.data_dir)
+    print(f"{args.name}: weights read with {how}; clean accuracy {clean:.4f} on {args.dataset}; checkpoint {folder}")
+    print(f"evaluate it with: robustbench-er sweep --dataset {args.dataset} --checkpoint {shlex.quote(str(folder))}"
+          " --attack pgd --eps 0:0.3:0.05")
+    return 0
 
 
 def _command() -> str:
@@ -292,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("sweep", help="run an epsilon sweep")
     data_args(sp)
-    sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
+    sp.add_argument("--defense", default=None, help="NAME[,NAME...] (optional with --checkpoint of an imported model)")
     sp.add_argument("--attack", required=True, help="NAME[,NAME...]; parameters as NAME(key=value,...), e.g. 'cw(confidence=9)'")
     sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder (safetensors + meta.json) instead of training")
     sp.add_argument("--norm", default=None, help=f"Linf, L2 or L1 (default: {default['norm']})")
@@ -310,6 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
                     f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
     common(sp)
     sp.set_defaults(func=cmd_sweep)
+
+    sp = sub.add_parser("import-model", help="turn a model trained elsewhere into a checkpoint")
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST, CIFAR, ...)")
+    sp.add_argument("--arch", required=True, help="the network: package.module:callable or file.py:callable"
+                    " (called with no arguments)")
+    sp.add_argument("--weights", required=True, help="safetensors, or a state dict saved with torch.save (read"
+                    " with weights_only=True; never unpickled in full)")
+    sp.add_argument("--name", required=True, help="the model's name in leaderboards")
+    sp.add_argument("--normalize", default=None, help="MEAN/STD the network expects, per channel: 0.1307/0.3081")
+    sp.add_argument("--output", default="logits", choices=["logits", "probs"], help="what the network returns")
+    sp.add_argument("--randomized", action="store_true", help="a stochastic forward (EOT, majority votes)")
+    sp.add_argument("--not-differentiable", action="store_true", help="keep gradient attacks off it")
+    common(sp, out_default=default["out"])
+    sp.set_defaults(func=cmd_import_model)
 
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")

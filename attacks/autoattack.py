@@ -43,7 +43,7 @@ import logging
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -119,6 +119,22 @@ class AutoAttackAdapter(FixedEpsilonAttack):
             raise UserInputError("AutoAttack's attacks list is only used with version='custom'.")
         if p.batch_size < 1:
             raise UserInputError(f"AutoAttack batch_size must be at least 1; got {p.batch_size}.")
+
+    #: model evaluations per point of each component at pyautoattack's standard settings, for a
+    #: point that survives it (a broken point stops sooner): APGD 100 iterations of a forward and
+    #: a backward; APGD-T and FAB-T over 9 target classes; Square 5,000 queries
+    COMPONENT_EVALUATIONS: ClassVar[dict[str, int]] = {
+        "apgd-ce": 200, "apgd-dlr": 200, "apgd-t": 1800, "fab": 200, "fab-t": 1800, "square": 5000}
+
+    def evaluations_per_point(self) -> int:
+        p = self.params
+        if p.version == "custom" and p.attacks:
+            parts = list(p.attacks)
+        elif p.version == "rand":  # APGD-CE and APGD-DLR with EOT over 20 passes
+            return 2 * 200 * 20
+        else:
+            parts = ["apgd-ce", "apgd-t", "fab-t", "square"]
+        return sum(self.COMPONENT_EVALUATIONS.get(a, 200) for a in parts) * max(1, int(p.eot))
 
     def resolved_version(self, model: DefendedModel) -> str:
         """The version to run: the one asked for, else 'rand' for randomized models, else 'standard'."""

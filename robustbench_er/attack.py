@@ -111,6 +111,20 @@ class Attack:
     def validate(self) -> None:
         """Check ``self.params``; raise UserInputError with one sentence."""
 
+    def evaluations_per_point(self) -> int:
+        """About how many model evaluations (forward or backward passes) one call spends on one
+        point at most, for ``--dry-run``'s cost estimate. This default reads the usual parameter
+        names: ``steps`` (times ``binary_search_steps``, times 2 for a gradient attack's forward
+        and backward), ``query_budget`` or ``n_queries``, restarts, and ``eot``. Attacks whose
+        cost follows another rule override it."""
+        p = self.params
+        per = int(getattr(p, "query_budget", 0) or getattr(p, "n_queries", 0) or getattr(p, "steps", 0) or 1)
+        per *= int(getattr(p, "binary_search_steps", 1) or 1)
+        per *= int(getattr(p, "restarts", 1) or getattr(p, "n_restarts", 1) or 1)
+        if self.access == "gradient":
+            per *= 2
+        return per * max(1, int(p.eot))
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"attack": self.name, "norm": self.norm, "params": dataclasses.asdict(self.params)}
         if self.bpda:

@@ -177,7 +177,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if not args.defense:
             raise UserInputError("--defense: name at least one defense (or give --checkpoint of an imported model).")
         cfg = sweep_config_from_flags(sweep_flags(args), progress=not args.quiet)
+        if args.dry_run:
+            return _dry_run([cfg])
         return _run_config(cfg, _command(), args.quiet)
+
+
+def _dry_run(configs: Sequence[Any]) -> int:
+    from robustbench_er.dryrun import plan_rows, render
+
+    frames = [plan_rows(cfg) for cfg in configs]
+    names = [f"{cfg.dataset}, {cfg.norm}, {', '.join(a.display for a in cfg.attacks)}, {cfg.mode}, out {cfg.out}"
+             for cfg in configs]
+    print(render(frames, names))
+    return 0
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -220,6 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # every sweep is checked before the first one trains or writes anything
     configs = experiment_configs(raw, out=args.out, device=args.device, quiet=args.quiet,
                                  source=f"Experiment file {args.experiment!r}")
+    if args.dry_run:
+        return _dry_run(configs)
     for cfg in configs:
         _run_config(cfg, _command(), args.quiet)
     return 0
@@ -348,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                     f" the grid (default: {default['search']})")
     sp.add_argument("--l2-unit", default=None, help=f"{' or '.join(L2_UNITS)}: unit of L2 epsilons; rms ="
                     f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")
     common(sp)
     sp.set_defaults(func=cmd_sweep)
 
@@ -368,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")
+    sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")
     common(sp)
     sp.set_defaults(func=cmd_run)
 

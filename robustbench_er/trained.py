@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str) -> Trained:
+def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str,
+                measure: bool = True) -> Trained:
     """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata.
 
     Its identity and clean accuracy are measured on the loaded weights; the metadata's ``id``
@@ -57,7 +58,7 @@ def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.d
     meta = load_checkpoint(folder, model)
     model.to(device).eval()
     return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
-                   accuracy(model, data.x_test, data.y_test))
+                   accuracy(model, data.x_test, data.y_test) if measure else float("nan"))
 
 
 @dataclass
@@ -87,11 +88,25 @@ def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
 TRAIN_POLL = 1.0
 
 
+def checkpoint_folder(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
+                      out: Path = Path("results"), overrides: dict[str, Any] | None = None) -> Path:
+    """Where the checkpoint of this training spec lives (whether or not it exists yet)."""
+    from robustbench_er.registry import get_defense
+
+    cls = get_defense(defense_name)
+    hp = cls.hparams(data.spec.name, profile, overrides)
+    cid = spec_hash(checkpoint_spec(cls.name, data.spec.name, profile, hp, seed))
+    return Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
+
+
 def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
                  out: Path = Path("results"), overrides: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu", progress: bool = True,
-                 checkpoint_dir: Path | None = None) -> Trained:
+                 checkpoint_dir: Path | None = None, measure: bool = True) -> Trained:
     """Return the trained defense for this spec, reusing its checkpoint if one exists.
+
+    ``measure=False`` skips measuring the clean accuracy of a loaded checkpoint (``clean_acc`` is
+    then NaN), for callers that only need the model and its identity (``--dry-run``).
 
     A checkpoint is trained once even when several processes ask for it at the same time: a
     process trains only while it holds the lease on the checkpoint's folder name, kept in
@@ -107,13 +122,13 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
 
     cls = get_defense(defense_name)
     if checkpoint_dir is not None:
-        return _load_given(cls, data, Path(checkpoint_dir), device)
+        return _load_given(cls, data, Path(checkpoint_dir), device, measure)
     hp = cls.hparams(data.spec.name, profile, overrides)
     spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed)
     cid = spec_hash(spec)
-    folder = Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
+    folder = checkpoint_folder(defense_name, data, profile=profile, seed=seed, out=out, overrides=overrides)
     if (folder / "meta.json").is_file():
-        return _load_cached(cls, data, hp, spec, seed, folder, device)
+        return _load_cached(cls, data, hp, spec, seed, folder, device, measure)
     if not cls.trainable:
         raise UserInputError(f"Defense {cls.name!r} cannot be trained; give it a checkpoint.")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +152,7 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
 
 
 def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], seed: int, folder: Path,
-                 device: torch.device | str) -> Trained:
+                 device: torch.device | str, measure: bool = True) -> Trained:
     """Load the harness's own checkpoint for ``spec``; its clean accuracy is measured again."""
     defense = cls()
     torch.manual_seed(seed)
@@ -151,7 +166,7 @@ def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any
         )
     model.to(device).eval()
     return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
-                   accuracy(model, data.x_test, data.y_test))
+                   accuracy(model, data.x_test, data.y_test) if measure else float("nan"))
 
 
 def _train(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], cid: str, profile: str, seed: int,

@@ -111,6 +111,14 @@ MNIST_HEADLINE = {"Linf": 0.3, "L2": 2.0, "L1": 10.0}
 CIFAR_HEADLINE = {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0}
 
 
+#: the spec of every built-in dataset by name, known without reading its files (the folder
+#: datasets' specs let a network be built for them on a machine that lacks their data)
+SPECS: dict[str, DatasetSpec] = {
+    "mnist5k": DatasetSpec("mnist5k", (1, 28, 28), 10, MNIST_HEADLINE, (0.1307,), (0.3081,)),
+    "digits": DatasetSpec("digits", (1, 8, 8), 10, {"Linf": 0.3, "L2": 1.0, "L1": 4.0}, (0.3,), (0.4,)),
+}
+
+
 @register_dataset("mnist5k")
 @functools.lru_cache(maxsize=1)
 def load_mnist5k(data_dir: str | None = None, download: bool = False) -> Dataset:
@@ -120,7 +128,7 @@ def load_mnist5k(data_dir: str | None = None, download: bool = False) -> Dataset
     x = np.asarray(x, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0
     y = np.asarray(y, dtype=np.int64)
     tr, te = _stratified_split(y, test_per_class=100)
-    spec = DatasetSpec("mnist5k", (1, 28, 28), 10, MNIST_HEADLINE, (0.1307,), (0.3081,))
+    spec = SPECS["mnist5k"]
     return Dataset(spec, torch.from_numpy(x[tr]), torch.from_numpy(y[tr]),
                    torch.from_numpy(x[te]), torch.from_numpy(y[te]))
 
@@ -142,7 +150,7 @@ def load_digits(data_dir: str | None = None, download: bool = False) -> Dataset:
         te_parts.append(idx[:k])
         tr_parts.append(idx[k:])
     tr, te = np.sort(np.concatenate(tr_parts)), np.sort(np.concatenate(te_parts))
-    spec = DatasetSpec("digits", (1, 8, 8), 10, {"Linf": 0.3, "L2": 1.0, "L1": 4.0}, (0.3,), (0.4,))
+    spec = SPECS["digits"]
     return Dataset(spec, torch.from_numpy(x[tr]), torch.from_numpy(y[tr]),
                    torch.from_numpy(x[te]), torch.from_numpy(y[te]))
 
@@ -156,9 +164,9 @@ def _folder(name: str, reader_name: str, shape: tuple[int, int, int], classes: i
             raise UserInputError(f"Dataset {name!r} is read from a local folder; pass --data-dir DIR.")
         reader = getattr(data_folders, reader_name)
         xtr, ytr, xte, yte = reader(Path(data_dir), download=download)
-        spec = DatasetSpec(name, shape, classes, headline, mean, std)
-        return Dataset(spec, xtr, ytr, xte, yte)
+        return Dataset(SPECS[name], xtr, ytr, xte, yte)
 
+    SPECS[name] = DatasetSpec(name, shape, classes, headline, mean, std)
     load.__name__ = f"load_{name.replace('-', '_')}"
     load.__doc__ = f"Read {name} from a local folder ({reader_name} in robustbench_er.data_folders)."
     DATASETS.register(name, load, origin="robustbench_er.data")

@@ -176,10 +176,43 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 args.defense = imported
         if not args.defense:
             raise UserInputError("--defense: name at least one defense (or give --checkpoint of an imported model).")
-        cfg = sweep_config_from_flags(sweep_flags(args), progress=not args.quiet)
+        flags = sweep_flags(args)
+        zoo_names = _enter_zoo(stack, args)
+        cfg = sweep_config_from_flags(flags, progress=not args.quiet)  # every input checked first
+        if zoo_names:
+            from robustbench_er import zoo
+
+            flags["checkpoints"] = dict(flags.get("checkpoints") or {})
+            for z in zoo_names:
+                flags["checkpoints"][z] = str(zoo.zoo_checkpoint(z, cfg.dataset, cfg.norm, model_dir=args.model_dir,
+                                                                 out=cfg.out, download=args.download))
+            cfg = sweep_config_from_flags(flags, progress=not args.quiet)
         if args.dry_run:
             return _dry_run([cfg])
         return _run_config(cfg, _command(), args.quiet)
+
+
+def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
+    """Enter every ``robustbench:<ModelName>`` of ``--defense`` as a one-off defense (its
+    architecture only; the weights are read once the whole sweep is checked)."""
+    from robustbench_er import zoo
+    from robustbench_er.attack import canonical_norm
+    from robustbench_er.config import split_top_level
+    from robustbench_er.data import SPECS
+    from robustbench_er.imported import given_defense, registered
+    from robustbench_er.registry import normalize
+
+    names = [d for d in split_top_level(args.defense or "") if zoo.is_zoo(d)]
+    for z in names:
+        if args.dataset not in SPECS:
+            raise UserInputError(f"--dataset: unknown dataset {args.dataset!r}.")
+        if args.model_dir is None:
+            raise UserInputError(f"--defense {z!r} needs --model-dir DIR (RobustBench's layout:"
+                                 " DIR/<dataset>/<threat model>/<ModelName>.pt).")
+        net = zoo.zoo_architecture(z.strip()[len(zoo.PREFIX):], args.dataset, canonical_norm(args.norm or "Linf"))
+        cls = given_defense(normalize(z), args.dataset, net, classes=SPECS[args.dataset].classes)
+        stack.enter_context(registered(z, cls, origin="RobustBench's model zoo"))
+    return names
 
 
 def _dry_run(configs: Sequence[Any]) -> int:
@@ -362,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f" the grid (default: {default['search']})")
     sp.add_argument("--l2-unit", default=None, help=f"{' or '.join(L2_UNITS)}: unit of L2 epsilons; rms ="
                     f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
+    sp.add_argument("--model-dir", default=None, help="RobustBench weights for --defense robustbench:NAME, laid out"
+                    " as DIR/<dataset>/<threat model>/<NAME>.pt")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")
     common(sp)
     sp.set_defaults(func=cmd_sweep)

@@ -117,7 +117,13 @@ def load_callable(ref: str) -> Callable[..., Any]:
 
 
 def build_network(ref: str) -> nn.Module:
-    """Call the architecture callable (no arguments) and check it returns an ``nn.Module``."""
+    """Call the architecture callable (no arguments) and check it returns an ``nn.Module``;
+    ``robustbench:<dataset>/<norm>/<ModelName>`` builds a RobustBench zoo architecture."""
+    from robustbench_er import zoo
+
+    if zoo.is_zoo(ref):
+        dataset, norm, model = ref[len(zoo.PREFIX):].split("/", 2)
+        return zoo.zoo_architecture(model, dataset, norm)
     fn = load_callable(ref)
     try:
         net = fn()

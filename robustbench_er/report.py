@@ -335,6 +335,7 @@ def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
             "eps_label": r["headline_label"], "clean_acc": _num(r["clean_acc"]),
             "reported": None, "autoattack_acc": _num(aa[-1]["robust_acc"]) if aa else None, "additional_data": False,
             "number_forward_passes": int(r["eot_n"]), "unreliable": bool(r["flags"]), "footnote": r["flag_details"] or None,
+            "link": None, "authors": None, "venue": None, "architecture": None,
             # ours
             "robust_acc": _num(r["robust_acc"]), "robust_acc_per_attack": per, "auc": _num(r["auc"]),
             "auc_per_attack": aucs, "adbd_per_attack": adbd, "n": int(r["n"]), "n_per_attack": ns,

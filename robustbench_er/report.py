@@ -281,14 +281,21 @@ def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
              & (a["norm"] == r["norm"])]
 
 
-def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
+@dataclass
+class Section:
+    """One table of the leaderboard (a dataset and a norm), as text cells, for every renderer."""
+
+    title: str
+    head: list[str]
+    rows: list[list[str]]
+    #: per row: (flags, their details) for the row's last cell
+    flags: list[tuple[str, str]]
+    notes: list[str]
+
+
+def leaderboard_sections(t: Tables) -> list[Section]:
     board = t.board
-    lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "",
-             "Accuracies in %, on the evaluated test points. Robust accuracy = per-sample worst case over every"
-             " attack that ran at the headline epsilon, on the points all of them ran on (n). In a cascade each"
-             " attack runs only on the points the earlier ones left standing, so `after X` is the robust accuracy"
-             " once X has run. AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
-             " ADBD = mean distance of the adversarial examples a minimization attack found.", ""]
+    sections = []
     for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
         per = pd.concat([_group_attacks(t, r) for _, r in part.iterrows()]) if not t.attacks.empty else t.attacks
         cols = list(dict.fromkeys(_column(r) for _, r in per.iterrows())) if not per.empty else []
@@ -302,8 +309,7 @@ def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
         head = ["defense", "clean", f"robust @ {hl}", "AUC"]
         head += [c if len(ns[c]) != 1 or ns[c][0] == int(part["n"].max()) else f"{c} (n={ns[c][0]})" for c in cols]
         head += [f"AUC {c}" for c in auc_cols] + [f"ADBD {c}" for c in adbd_cols] + ["n", "flags"]
-        lines += [f"## {dataset}, {norm}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        notes = []
+        rows, flags, notes = [], [], []
         for _, r in part.iterrows():
             g = _group_attacks(t, r)
             by = {_column(a): a for _, a in g.iterrows()}
@@ -312,10 +318,27 @@ def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
             cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
             cells += ["–" if c not in by or _isnan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
             cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
-            lines.append("| " + " | ".join(cells) + " |")
+            rows.append(cells)
+            flags.append((str(r["flags"] or ""), str(r["flag_details"] or "")))
             if r["sample_note"]:
-                notes.append(f"* {r['defense']}: {r['sample_note']}.")
-        lines += [""] + (notes + [""] if notes else [])
+                notes.append(f"{r['defense']}: {r['sample_note']}.")
+        sections.append(Section(f"{dataset}, {norm}", head, rows, flags, notes))
+    return sections
+
+
+LEGEND = ("Accuracies in %, on the evaluated test points. Robust accuracy = per-sample worst case over every"
+          " attack that ran at the headline epsilon, on the points all of them ran on (n). In a cascade each"
+          " attack runs only on the points the earlier ones left standing, so `after X` is the robust accuracy"
+          " once X has run. AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
+          " ADBD = mean distance of the adversarial examples a minimization attack found.")
+
+
+def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
+    lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "", LEGEND, ""]
+    for sec in leaderboard_sections(t):
+        lines += [f"## {sec.title}", "", "| " + " | ".join(sec.head) + " |", "|" + "---|" * len(sec.head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in sec.rows]
+        lines += [""] + ([f"* {n}" for n in sec.notes] + [""] if sec.notes else [])
     return "\n".join(lines)
 
 
@@ -469,8 +492,15 @@ def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[st
     write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
     paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
                  markdown=out / "leaderboard.md", json=out / "leaderboard.json")
+    images = []
     for i, p in enumerate(plot_curves(curves, out)):
         paths[f"plot{i}"] = p
+        images.append(p)
     for i, p in enumerate(plot_auc(t, out)):
         paths[f"auc{i}"] = p
+        images.append(p)
+    from robustbench_er.html_report import leaderboard_html
+
+    write_text_atomic(out / "leaderboard.html", leaderboard_html(t, prov, images))
+    paths["html"] = out / "leaderboard.html"
     return paths

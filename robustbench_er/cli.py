@@ -159,7 +159,9 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
             "norm": args.norm, "samples": args.samples, "profile": args.profile, "seed": args.seed,
             "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
             "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
-            "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints}
+            "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
+            "executor": ({"kind": args.executor, "address": args.ray_address} if args.executor or args.ray_address
+                         else None)}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -171,7 +173,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         if args.checkpoint:
             # a model brought in with import-model is entered as a one-off defense for this run
-            imported = stack.enter_context(registered_checkpoint(args.checkpoint))
+            try:
+                imported = stack.enter_context(registered_checkpoint(args.checkpoint))
+            except UserInputError as exc:
+                raise UserInputError(f"--checkpoint: {exc}") from None
             if imported is not None and not args.defense:
                 args.defense = imported
         if not args.defense:
@@ -395,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
                     f" the grid (default: {default['search']})")
     sp.add_argument("--l2-unit", default=None, help=f"{' or '.join(L2_UNITS)}: unit of L2 epsilons; rms ="
                     f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
+    sp.add_argument("--executor", default=None, help="local (default) or ray: training jobs and attack batches as"
+                    " Ray tasks (pip install 'robustbench-er[ray]')")
+    sp.add_argument("--ray-address", default=None, help="join this Ray cluster (auto, ray://host:10001);"
+                    " default: start a local Ray")
     sp.add_argument("--model-dir", default=None, help="RobustBench weights for --defense robustbench:NAME, laid out"
                     " as DIR/<dataset>/<threat model>/<NAME>.pt")
     sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")

@@ -233,6 +233,25 @@ class DefenseSpec(_Model):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class ExecutorSpec(_Model):
+    """Where cells and training jobs run: here (``local``) or as Ray tasks (``ray``)."""
+
+    kind: Literal["local", "ray"] = "local"
+    #: Ray cluster address (``auto``, ``ray://host:10001``); None starts a local Ray
+    address: str | None = None
+    #: GPUs each task asks Ray for (Ray pins them through CUDA_VISIBLE_DEVICES)
+    gpus_per_cell: float = Field(default=0, ge=0)
+    #: CPUs of the local Ray started when no address is given (None: every core)
+    workers: int | None = Field(default=None, ge=1)
+    #: torch threads inside each task
+    threads_per_task: int = Field(default=1, ge=1)
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+
 class SweepSpec(_Model):
     """Every key a sweep takes, with the defaults (the only place they are written down)."""
 
@@ -257,6 +276,13 @@ class SweepSpec(_Model):
     l2_unit: Literal["l2", "rms"] = "l2"
     #: defense name -> a checkpoint folder to evaluate instead of training
     checkpoints: dict[str, str] = Field(default_factory=dict)
+    #: ``ray`` or ``{kind: ray, address: ..., gpus_per_cell: 1}``; default: this process
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+
+    @field_validator("executor", mode="before")
+    @classmethod
+    def _executor(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
 
     @field_validator("defenses", mode="before")
     @classmethod
@@ -598,7 +624,7 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         profile=spec.profile, seed=spec.seed, out=Path(spec.out), data_dir=spec.data_dir, download=spec.download,
         device=spec.device, batch_size=spec.batch_size, eot=spec.eot, headline=spec.headline,
         defense_overrides=overrides, checkpoints=dict(spec.checkpoints), progress=progress,
-        mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit,
+        mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit, executor=spec.executor.model_dump(),
     )
 
 

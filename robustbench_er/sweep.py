@@ -94,6 +94,9 @@ class SweepConfig:
     search: str = "bisect"
     #: unit of L2 epsilons: "l2" (plain) or "rms" (L2 / sqrt(number of pixels), as in seed 000/002)
     l2_unit: str = "l2"
+    #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
+    #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.executor)
+    executor: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
 
 
 def parse_eps(text: str | Sequence[float]) -> list[float]:
@@ -380,32 +383,76 @@ def bisect_state(out: Any, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return lo, hi
 
 
-def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
-                   eps: np.ndarray | None, seed: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Attack the points at positions ``pos`` (per-sample ``eps``, or None for a minimization attack).
+@dataclass
+class BatchJob:
+    """One batch of a step: the positions (into the cell's points) it attacks, their epsilons
+    (None for a minimization attack) and its own seed. A step is cut into batches the same way
+    whoever runs them, and each batch draws only from its own seed, so running the batches one
+    after the other here or spread over workers (:mod:`robustbench_er.executor`) gives the same
+    per-sample results."""
 
-    Returns (verified mask, measured norms) in the order of ``pos``. Points are batched in order
-    of epsilon so that libraries taking one scalar epsilon see few groups per batch.
-    """
-    dev = x_all.device
+    index: int
+    sel: np.ndarray
+    eps: np.ndarray | None
+    seed: int
+
+
+def step_batches(pos: np.ndarray, eps: np.ndarray | None, seed: int, batch_size: int) -> list[BatchJob]:
+    """Cut a step's points into batches, in order of epsilon (libraries that take one scalar
+    epsilon see few groups per batch); batch ``b`` is seeded with ``seed + b``."""
     order = np.lexsort((pos, eps)) if eps is not None else np.arange(len(pos))
-    ok_all = np.zeros(len(pos), dtype=bool)
-    norms_all = np.full(len(pos), np.nan)
+    jobs = []
+    for k, b in enumerate(range(0, len(order), batch_size)):
+        sel = order[b:b + batch_size]
+        jobs.append(BatchJob(k, sel, None if eps is None else eps[sel], (seed + k) % (2**31 - 1)))
+    return jobs
+
+
+def attack_batch(attack: Attack, model: DefendedModel, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None,
+                 eot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attack one batch and verify every example; (verified mask, measured norms) as arrays."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    for b in range(0, len(order), batch_size):
-        sel = order[b:b + batch_size]
-        bpos = torch.as_tensor(pos[sel], device=dev)
-        xb, yb = x_all[bpos], y_all[bpos]
-        if eps is None:
-            x_adv = cell.attack.run(cell.attack.target(model), xb, yb, generator=gen)
-            ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, None, cell.eot)
-        else:
-            e = torch.as_tensor(eps[sel], dtype=xb.dtype, device=dev)
-            x_adv = cell.attack.run(cell.attack.target(model), xb, yb, e, generator=gen)
-            ok, norms = verify(model, xb, x_adv, yb, cell.attack.norm, e, cell.eot)
-        ok_all[sel] = ok.cpu().numpy()
-        norms_all[sel] = norms.cpu().numpy()
+    if eps is None:
+        x_adv = attack.run(attack.target(model), xb, yb, generator=gen)
+        ok, norms = verify(model, xb, x_adv, yb, attack.norm, None, eot)
+    else:
+        e = torch.as_tensor(eps, dtype=xb.dtype, device=xb.device)
+        x_adv = attack.run(attack.target(model), xb, yb, e, generator=gen)
+        ok, norms = verify(model, xb, x_adv, yb, attack.norm, e, eot)
+    return ok.cpu().numpy(), norms.cpu().numpy()
+
+
+#: runs a step's batches and returns each one's (verified mask, norms), in the order given
+BatchRunner = Callable[[Cell, torch.Tensor, torch.Tensor, np.ndarray, list[BatchJob]],
+                       list[tuple[np.ndarray, np.ndarray]]]
+
+
+def run_batches_here(cell: Cell, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
+                     jobs: list[BatchJob]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The local executor: every batch in this process, one after the other."""
+    dev = x_all.device
+    out = []
+    for job in jobs:
+        bpos = torch.as_tensor(pos[job.sel], device=dev)
+        out.append(attack_batch(cell.attack, cell.trained.model, x_all[bpos], y_all[bpos], job.eps, cell.eot,
+                                job.seed))
+    return out
+
+
+def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
+                   eps: np.ndarray | None, seed: int, batch_size: int,
+                   runner: BatchRunner | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Attack the points at positions ``pos`` (per-sample ``eps``, or None for a minimization attack).
+
+    Returns (verified mask, measured norms) in the order of ``pos``.
+    """
+    jobs = step_batches(pos, eps, seed, batch_size)
+    ok_all = np.zeros(len(pos), dtype=bool)
+    norms_all = np.full(len(pos), np.nan)
+    for job, (ok, norms) in zip(jobs, (runner or run_batches_here)(cell, x_all, y_all, pos, jobs)):
+        ok_all[job.sel] = ok
+        norms_all[job.sel] = norms
     return ok_all, norms_all
 
 
@@ -451,7 +498,8 @@ EPS_TOL = 1e-9
 
 
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
-             stop_after_steps: int | None = None, heartbeat: Callable[[], None] | None = None) -> CellSummary:
+             stop_after_steps: int | None = None, heartbeat: Callable[[], None] | None = None,
+             runner: BatchRunner | None = None) -> CellSummary:
     """Run (or resume) one cell; every finished step is committed to the store.
 
     A step is an epsilon of an ascending sweep, a round of the per-sample grid search, or the
@@ -511,7 +559,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
             survived: dict[int, float | None] = {}
             if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
                 ok, norms = _attack_points(cell, model, x_all, y_all, pos, eps, _seed_for(cell.cell_id, step),
-                                           batch_size)
+                                           batch_size, runner)
                 for j, p in enumerate(pos):
                     sid = int(cell.sample_ids[p])
                     if not ok[j]:
@@ -554,10 +602,15 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     """Plan, run every cell (resuming finished steps), run the checks, write the reports."""
     from robustbench_er.checkpoints import versions
     from robustbench_er.checks import run_cell_checks
+    from robustbench_er.executor import make_executor
     from robustbench_er.report import write_reports
 
     out = Path(cfg.out)
-    cells = plan_sweep(cfg, on_train=on_train, on_skip=on_skip)
+    prep = prepare(cfg)
+    executor = make_executor(cfg.executor)
+    if executor is not None:
+        executor.train(cfg, prep)  # training jobs as tasks; the driver then loads the checkpoints
+    cells = plan(cfg, prep, train_defenses(cfg, prep, on_train), on_skip)
     store = Store(out)
     try:
         config = dataclasses.asdict(cfg)
@@ -583,7 +636,8 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
                 try:
                     with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
                         s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
-                                     stop_after_steps=stop_after_steps, heartbeat=alive.check)
+                                     stop_after_steps=stop_after_steps, heartbeat=alive.check,
+                                     runner=executor.runner if executor is not None else None)
                         store.set_flags(cell.cell_id, run_cell_checks(cell, store))
                 except LeaseLost as exc:
                     log.warning("%s; waiting for it", exc)

@@ -331,3 +331,24 @@ def test_samples_all_and_sweeps_inherit(tmp_path):
     assert first.samples is None and second.samples is None
     assert first.norm == "Linf" and second.norm == "L2" and second.eps == [0.0, 0.5, 1.0]
     assert second.attacks[0].samples == 10 and str(second.out) == str(tmp_path / "r")
+
+
+@pytest.mark.parametrize("executor, expected", [
+    ("ray", {"kind": "ray"}),
+    ({"kind": "ray", "address": "auto", "gpus_per_cell": 1}, {"kind": "ray", "address": "auto", "gpus_per_cell": 1.0}),
+    ({"kind": "slurm"}, "executor.kind"),
+    ({"kind": "ray", "gpus_per_cell": -1}, "executor.gpus_per_cell"),
+    ({"kind": "ray", "nodes": 3}, "executor.nodes"),
+])
+def test_executor_key(executor, expected, tmp_path):
+    from robustbench_er.config import parse_experiment
+    from robustbench_er.errors import UserInputError
+
+    raw = {"dataset": "digits", "defenses": ["none"], "attacks": ["fgsm"], "eps": [0, 0.1], "samples": 20,
+           "executor": executor}
+    if isinstance(expected, str):
+        with pytest.raises(UserInputError, match=re.escape(expected)):
+            parse_experiment(raw, out=str(tmp_path)).configs(progress=False)
+    else:
+        (cfg,) = parse_experiment(raw, out=str(tmp_path)).configs(progress=False)
+        assert {k: cfg.executor[k] for k in expected} == expected

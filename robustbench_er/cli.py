@@ -94,14 +94,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     from robustbench_er.registry import (
         ATTACKS,
         DEFENSES,
+        DETECTORS,
         list_attacks,
         list_datasets,
         list_defenses,
+        list_detectors,
     )
 
-    kinds = [args.kind] if args.kind else ["defenses", "attacks", "datasets"]
+    kinds = [args.kind] if args.kind else ["defenses", "attacks", "detectors", "datasets"]
     for kind in kinds:
-        names = {"defenses": list_defenses, "attacks": list_attacks, "datasets": list_datasets}[kind](args.pattern or "*")
+        names = {"defenses": list_defenses, "attacks": list_attacks, "datasets": list_datasets,
+                 "detectors": list_detectors}[kind](args.pattern or "*")
         print(f"{kind}:")
         for n in names:
             extra = ""
@@ -111,6 +114,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             elif kind == "defenses":
                 dcls = DEFENSES.get(n)
                 extra = f"  [presets: {', '.join(sorted(dcls.presets))}{'; randomized' if dcls.randomized else ''}]"
+            elif kind == "detectors":
+                extra = "  [reads the embedding]" if DETECTORS.get(n).needs_embedding else ""
             doc = ""
             print(f"  {n}{extra}{doc}")
     return 0
@@ -218,6 +223,66 @@ def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
         cls = given_defense(normalize(z), args.dataset, net, classes=SPECS[args.dataset].classes)
         stack.enter_context(registered(z, cls, origin="RobustBench's model zoo"))
     return names
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    """Seed 000's detection protocol: every input checked first, then train or load, craft, detect."""
+    from robustbench_er.config import check_output_folder, parse_eps, split_top_level
+    from robustbench_er.data import load_dataset
+    from robustbench_er.detection import DetectionSetup, run_detection, write_detection
+    from robustbench_er.device import resolve_device
+    from robustbench_er.registry import get_attack, get_defense, get_detector
+    from robustbench_er.sweep import make_attack
+    from robustbench_er.trained import get_or_train
+
+    defenses = split_top_level(args.defense)
+    detectors = split_top_level(args.detector)
+    train = parse_attack(args.train_attack)
+    tests = [parse_attack(a) for a in split_top_level(args.test_attack)]
+    if not defenses or not detectors or not tests:
+        raise UserInputError("--defense, --detector and --test-attack each need at least one name.")
+    for d in defenses:
+        get_defense(d)
+    for d in detectors:
+        get_detector(d)
+    norm = args.norm or "Linf"
+    for a in [train, *tests]:
+        get_attack(a.name)
+        make_attack(a, norm, False, 1)  # parameters and norm checked
+    try:
+        split = float(args.split)
+        (eps,) = parse_eps(str(args.eps))
+        samples = int(args.samples)
+    except (TypeError, ValueError):
+        raise UserInputError("--split and --samples must be numbers and --eps one epsilon.") from None
+    if not 0 < split < 1:
+        raise UserInputError(f"--split: must be strictly between 0 and 1; got {args.split}.")
+    data = load_dataset(args.dataset, args.data_dir, False)
+    if not 10 <= samples <= len(data.y_test):
+        raise UserInputError(f"--samples: must be between 10 and {len(data.y_test)}; got {samples}.")
+    for d in defenses:  # a detector that needs an embedding the model lacks: refused before training
+        cls = get_defense(d)
+        net = cls().build(data.spec, cls.hparams(data.spec.name, args.profile or "quick"))
+        for name in detectors:
+            if get_detector(name).needs_embedding and not (hasattr(net, "embed") or hasattr(net, "features")):
+                raise UserInputError(f"--detector {name}: it reads the model's embedding, which {d!r} lacks.")
+    from robustbench_er.config import parse_sets
+
+    overrides = dict(parse_sets(args.set)) if args.set else None
+    for d in defenses:
+        get_defense(d).hparams(data.spec.name, args.profile or "quick", overrides)
+    check_output_folder(args.out, "--out")
+    setup = DetectionSetup(detectors, train, tests, norm=norm, eps=eps, samples=samples, split=split,
+                           split_seed=int(args.split_seed), seed=int(args.seed or 0))
+    rows = []
+    for d in defenses:
+        t = get_or_train(d, data, profile=args.profile or "quick", seed=int(args.seed or 0), out=Path(args.out),
+                         overrides=overrides, device=resolve_device(args.device or "auto"), progress=not args.quiet)
+        rows += run_detection(d, t, data, setup, progress=not args.quiet)
+    paths = write_detection(rows, args.out, _command())
+    for p in paths.values():
+        _print(str(p), args.quiet)
+    return 0
 
 
 def _dry_run(configs: Sequence[Any]) -> int:
@@ -360,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     sp = sub.add_parser("list", help="list registered defenses, attacks, datasets")
-    sp.add_argument("kind", nargs="?", choices=["defenses", "attacks", "datasets"])
+    sp.add_argument("kind", nargs="?", choices=["defenses", "attacks", "detectors", "datasets"])
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard pattern, e.g. 'er*'")
     sp.add_argument("--plugin", action="append")
     sp.add_argument("--quiet", action="store_true")
@@ -424,6 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--not-differentiable", action="store_true", help="keep gradient attacks off it")
     common(sp, out_default=default["out"])
     sp.set_defaults(func=cmd_import_model)
+
+    sp = sub.add_parser("detect", help="detect adversarial examples (seed 000's protocol and metrics)")
+    data_args(sp)
+    sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
+    sp.add_argument("--detector", required=True, help="er1, er2, kd, lid (comma-separated)")
+    sp.add_argument("--train-attack", required=True, help="the attack whose examples train the detectors")
+    sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II (comma-separated)")
+    sp.add_argument("--norm", default=None, help="Linf (default), L2 or L1")
+    sp.add_argument("--eps", default="0.3", help="the attacks' epsilon (a bound for C&W)")
+    sp.add_argument("--samples", default="500", help="test points before the split (clean-correct ones are used)")
+    sp.add_argument("--split", default="0.2", help="share of the points in set I (detector training)")
+    sp.add_argument("--split-seed", default="0")
+    common(sp, out_default="results/detection")
+    sp.set_defaults(func=cmd_detect)
 
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")

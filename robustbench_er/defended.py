@@ -125,6 +125,36 @@ class DefendedModel(nn.Module):
                 return fn(z)
         raise UserInputError("This defense exposes no embedding (no embed() or features() on its network).")
 
+    #: the activation modules :meth:`hidden` taps, in call order
+    HIDDEN_TYPES = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Softplus)
+
+    def hidden(self, x: torch.Tensor, part: str | None = None) -> list[torch.Tensor]:
+        """The outputs of the network's hidden layers for images ``x`` in [0, 1], in call order,
+        each flattened to N x features: what detectors (KD, LID, ER2) and analyses read.
+
+        The taps are the activation modules (:data:`HIDDEN_TYPES`) of the network, or of its
+        submodule named ``part`` (``"encoder"`` for the ER family), recorded by forward hooks
+        during one forward pass; a module applied twice is recorded twice. A network that wants
+        other taps defines ``hidden_modules(part) -> list[nn.Module]``.
+        """
+        root: nn.Module = self.net
+        if part is not None:
+            if not isinstance(getattr(self.net, part, None), nn.Module):
+                raise UserInputError(f"This defense's network has no part {part!r} to read hidden layers from.")
+            root = getattr(self.net, part)
+        pick = getattr(self.net, "hidden_modules", None)
+        mods = list(pick(part)) if callable(pick) else [m for m in root.modules() if isinstance(m, self.HIDDEN_TYPES)]
+        if not mods:
+            raise UserInputError("This defense's network has no activation layers to read hidden outputs from.")
+        outs: list[torch.Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, o: outs.append(o.flatten(1))) for m in mods]
+        try:
+            self.predict(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return outs
+
     @torch.no_grad()
     def predict_label(self, x: torch.Tensor, n_passes: int | None = None, batch_size: int = 500) -> torch.Tensor:
         """Predicted labels; a majority vote over ``n_passes`` forward passes if randomized."""

@@ -116,6 +116,12 @@ def _validate_attack(name: str, obj: Any) -> None:
     validate_attack_class(name, obj)
 
 
+def _validate_detector(name: str, obj: Any) -> None:
+    from robustbench_er.detection import validate_detector_class
+
+    validate_detector_class(name, obj)
+
+
 def _validate_dataset(name: str, obj: Any) -> None:
     if not callable(obj):
         raise TypeError(f"Dataset {name!r} must be registered with a loader function.")
@@ -124,6 +130,7 @@ def _validate_dataset(name: str, obj: Any) -> None:
 DEFENSES: Registry[Any] = Registry("defense", "robustbench_er.defenses", _validate_defense)
 ATTACKS: Registry[Any] = Registry("attack", "robustbench_er.attacks", _validate_attack)
 DATASETS: Registry[Any] = Registry("dataset", "robustbench_er.datasets", _validate_dataset)
+DETECTORS: Registry[Any] = Registry("detector", "robustbench_er.detectors", _validate_detector)
 
 
 def _decorator(reg: Registry[Any], name: str) -> Callable[[T], T]:
@@ -144,6 +151,19 @@ def register_defense(name: str) -> Callable[[T], T]:
 def register_attack(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register_attack("pgd")`` on an :class:`~robustbench_er.attack.Attack`."""
     return _decorator(ATTACKS, name)
+
+
+def register_detector(name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register_detector("kd")`` on a :class:`~robustbench_er.detection.Detector`."""
+    return _decorator(DETECTORS, name)
+
+
+def get_detector(name: str) -> Any:
+    return DETECTORS.get(name)
+
+
+def list_detectors(pattern: str = "*") -> list[str]:
+    return DETECTORS.names(pattern)
 
 
 def register_dataset(name: str) -> Callable[[T], T]:
@@ -196,9 +216,9 @@ def load_plugin_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"Plugin file {str(path)!r} does not exist.")
-    for reg in (DEFENSES, ATTACKS, DATASETS):
+    for reg in (DEFENSES, ATTACKS, DATASETS, DETECTORS):
         reg.discover()
-    before = {r.kind: set(r._items) for r in (DEFENSES, ATTACKS, DATASETS)}
+    before = {r.kind: set(r._items) for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS)}
     mod_name = f"robustbench_er_user_plugin_{p.stem}_{abs(hash(str(p.resolve()))) % 10**8}"
     if mod_name in sys.modules:
         return list(getattr(sys.modules[mod_name], "__registered__", []))
@@ -211,12 +231,12 @@ def load_plugin_file(path: str | Path) -> list[str]:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # any failure of the user's code is bad input, never a traceback
         del sys.modules[mod_name]
-        for r in (DEFENSES, ATTACKS, DATASETS):  # forget what the file registered before it failed
+        for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS):  # forget what the file registered before it failed
             for n in set(r._items) - before[r.kind]:
                 r.unregister(n)
         raise UserInputError(f"Plugin file {str(path)!r} failed to load: {_one_line(exc)}.") from exc
     added = []
-    for r in (DEFENSES, ATTACKS, DATASETS):
+    for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS):
         added += [f"{r.kind}:{n}" for n in set(r._items) - before[r.kind]]
     if not added:
         del sys.modules[mod_name]

@@ -1,0 +1,77 @@
+"""ER-Detector (ER1 and ER2): class-conditional densities of the ER-Classifier's codes.
+
+Paper: Li et al., "Towards Robustness of Deep Neural Networks via Regularization", ICCV 2021,
+section 3.3 and appendix D (no public code). One Gaussian KDE per class is fitted on the codes
+of natural training points; an image's feature is the log density of its code under the class
+the model predicts; a logistic regression on that feature separates adversarial from natural
+and noisy images.
+
+* ``er1`` uses the code z (``model.embed``).
+* ``er2`` uses Z' = the per-layer means of the encoder's hidden outputs concatenated with z
+  (``model.hidden(x, part="encoder")``; on a network without an ``encoder`` part, every hidden
+  layer).
+* ER1- and ER2- (Table 14) are these detectors on the ``er-classifier-`` model.
+
+Parameters: ``bandwidth`` (the paper gives none; default "scott", scikit-learn's rule of thumb
+on the fitted codes), ``fit_points`` (natural training points the KDEs are fitted on, 2,000).
+Uses scikit-learn's KernelDensity and LogisticRegression.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustbench_er.defended import DefendedModel
+from robustbench_er.detection import Detector, batched
+from robustbench_er.registry import register_detector
+
+
+class _ERDetector(Detector):
+    needs_embedding = True
+    use_hidden = False
+
+    def _codes(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
+        def one(xb: torch.Tensor) -> np.ndarray:
+            z = model.embed(xb)
+            if not self.use_hidden:
+                return z.cpu().numpy()
+            part = "encoder" if hasattr(model.net, "encoder") else None
+            means = torch.stack([h.mean(1) for h in model.hidden(xb, part=part)], dim=1)
+            return torch.cat([means, z], dim=1).cpu().numpy()
+
+        return batched(one, x)
+
+    def fit_reference(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor) -> None:
+        from sklearn.neighbors import KernelDensity
+
+        n = int(self.params.get("fit_points", 2000))
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n]
+        codes, labels = self._codes(model, x[idx]), y[idx].numpy()
+        bw: Any = self.params.get("bandwidth", "scott")
+        self._kde = {int(c): KernelDensity(kernel="gaussian", bandwidth=bw).fit(codes[labels == c])
+                     for c in np.unique(labels) if (labels == c).sum() >= 2}
+
+    def features(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
+        codes = self._codes(model, x)
+        pred = model.predict_label(x).cpu().numpy()
+        dens = np.full(len(x), -1e6)
+        for c, kde in self._kde.items():
+            m = pred == c
+            if m.any():
+                dens[m] = kde.score_samples(codes[m])
+        return np.maximum(dens, -1e6)[:, None]
+
+
+@register_detector("er1")
+class ER1(_ERDetector):
+    """ER-Detector on the code z."""
+
+
+@register_detector("er2")
+class ER2(_ERDetector):
+    """ER-Detector on the encoder's per-layer hidden means concatenated with z."""
+
+    use_hidden = True

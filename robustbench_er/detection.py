@@ -1,0 +1,323 @@
+"""Detection of adversarial examples: the detector contract, seed 000's protocol and metrics.
+
+A detector plugin (package ``detectors/``, entry-point group ``robustbench_er.detectors``)
+subclasses :class:`Detector`: ``fit_reference(model, x, y)`` learns what natural training data
+look like (a KDE per class, say), ``features(model, x)`` maps images to the detector's features,
+and the base class fits a logistic regression (scikit-learn) on them to tell adversarial from
+non-adversarial, and scores with it.
+
+Protocol (seed 000 section 4.5):
+
+* The evaluation points (a fixed seeded subset of the test split, clean-correct only) are split
+  by ``split_seed`` into set I (``split``, 20%: detector training) and set II (the rest).
+* Adversarial examples are crafted on each set by the named attack at ``eps``, against the
+  defended model, and verified as in sweeps. Training positives are set I's successful
+  examples; negatives are set I's natural images and noisy images (Gaussian noise scaled to
+  the L2 size of each point's perturbation, clipped to [0, 1]).
+* On set II, with N adversarial examples (every attacked point, successful or not: the paper
+  counts the undetected ones the classifier still gets right) and M non-adversarial examples
+  (natural and noisy): ``ACC-ADV = n_adv / N``, ``ACC-NADV = m_nadv / M``,
+  ``ACC-CLA = n_cla / (N - n_adv)`` and ``ACC-COM = (n_adv + n_cla) / N``, exactly as seed 000
+  defines them; plus ROC-AUC and the true-positive rate at 5% false positives between the
+  successful examples and the non-adversarial ones (scikit-learn), as the KD and LID papers
+  and later work report.
+
+Detection is scored at the logistic regression's 0.5 threshold. Not yet here: the store
+(detection runs are recomputed, not resumed) and adaptive attacks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from robustbench_er.defended import DefendedModel
+from robustbench_er.errors import UserInputError
+
+
+class Detector:
+    """Base class of detector plugins.
+
+    Subclasses set ``name`` (by registration) and ``needs_embedding`` and implement
+    ``features``; ``fit_reference`` is optional. The logistic regression on the features and
+    its scaling (``scaler``: ``"standard"`` z-scores, ``"minmax"`` scales to [0, 1]) are the
+    base class's.
+    """
+
+    name: ClassVar[str] = ""
+    #: the detector reads ``model.embed`` (refused, with one sentence, on a model without one)
+    needs_embedding: ClassVar[bool] = False
+    scaler: ClassVar[str] = "standard"
+
+    def __init__(self, dataset: str = "", **params: Any) -> None:
+        self.dataset = dataset
+        self.params = params
+        self._lr: Any = None
+        self._scale: Any = None
+
+    def check_model(self, model: DefendedModel) -> None:
+        if self.needs_embedding and not model.has_embed:
+            raise UserInputError(f"Detector {self.name!r} reads the model's embedding, which this defense lacks"
+                                 " (no embed() on its network).")
+
+    def fit_reference(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Learn from natural training data (default: nothing)."""
+
+    def features(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(self, model: DefendedModel, x_pos: torch.Tensor, x_neg: torch.Tensor) -> None:
+        """Fit the logistic regression: positives adversarial, negatives natural and noisy."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import MinMaxScaler, StandardScaler
+
+        if len(x_pos) < 2 or len(x_neg) < 2:
+            raise UserInputError("Too few examples to train a detector on set I (fewer than 2 adversarial or"
+                                 " natural ones); use more samples or a larger split.")
+        f = np.concatenate([self.features(model, x_pos), self.features(model, x_neg)])
+        t = np.concatenate([np.ones(len(x_pos)), np.zeros(len(x_neg))])
+        self._scale = (MinMaxScaler() if self.scaler == "minmax" else StandardScaler()).fit(f)
+        self._lr = LogisticRegression(max_iter=1000).fit(self._scale.transform(f), t)
+
+    def score(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
+        """Probability that each image is adversarial."""
+        if self._lr is None:
+            raise RuntimeError("fit the detector first")
+        if len(x) == 0:
+            return np.zeros(0)
+        return np.asarray(self._lr.predict_proba(self._scale.transform(self.features(model, x)))[:, 1])
+
+
+def validate_detector_class(name: str, obj: Any) -> None:
+    if not (isinstance(obj, type) and issubclass(obj, Detector)):
+        raise TypeError(f"Detector {name!r} must be a subclass of robustbench_er.detection.Detector.")
+    if obj.features is Detector.features:
+        raise TypeError(f"Detector {name!r} must implement features(model, x).")
+    if obj.scaler not in ("standard", "minmax"):
+        raise TypeError(f"Detector {name!r}: scaler must be 'standard' or 'minmax'.")
+
+
+@dataclass
+class Counts:
+    """Set II's counts in seed 000's notation."""
+
+    N: int  # adversarial examples (every attacked point)
+    n_adv: int  # of them, detected
+    n_cla: int  # of the undetected ones, classified correctly
+    M: int  # non-adversarial examples (natural and noisy)
+    m_nadv: int  # of them, found non-adversarial
+
+
+def acc_metrics(c: Counts) -> dict[str, float]:
+    """ACC-ADV, ACC-NADV, ACC-CLA and ACC-COM as seed 000 defines them (fractions; NaN on 0/0)."""
+    def div(a: int, b: int) -> float:
+        return a / b if b else math.nan
+
+    return {"acc_adv": div(c.n_adv, c.N), "acc_nadv": div(c.m_nadv, c.M), "acc_cla": div(c.n_cla, c.N - c.n_adv),
+            "acc_com": div(c.n_adv + c.n_cla, c.N)}
+
+
+def roc_metrics(pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and the true-positive rate at 5% false positives (scikit-learn's ROC curve)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if len(pos) == 0 or len(neg) == 0:
+        return {"roc_auc": math.nan, "tpr_at_5fpr": math.nan}
+    y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    s = np.concatenate([pos, neg])
+    fpr, tpr, _ = roc_curve(y, s)
+    return {"roc_auc": float(roc_auc_score(y, s)), "tpr_at_5fpr": float(np.interp(0.05, fpr, tpr))}
+
+
+def split_sets(ids: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Set I (``fraction`` of ``ids``) and set II, by a seeded permutation."""
+    if not 0 < fraction < 1:
+        raise UserInputError(f"split must be strictly between 0 and 1; got {fraction}.")
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    k = max(1, int(round(fraction * len(ids))))
+    return np.sort(ids[perm[:k]]), np.sort(ids[perm[k:]])
+
+
+def noisy_like(x: torch.Tensor, x_adv: torch.Tensor, seed: int) -> torch.Tensor:
+    """Gaussian noise with the L2 size of each point's perturbation, clipped to [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x.shape, generator=g).to(x.device)
+    size = (x_adv - x).flatten(1).norm(dim=1).clamp_min(1e-12)
+    noise = noise * (size / noise.flatten(1).norm(dim=1)).view(-1, *([1] * (x.ndim - 1)))
+    return (x + noise).clamp(0, 1)
+
+
+def batched(fn: Any, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """``fn`` over ``x`` in batches, without gradients, rows concatenated."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            outs.append(np.asarray(fn(x[i:i + batch_size])))
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+# ---- the protocol ------------------------------------------------------------------------------
+
+def craft(attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int,
+          batch_size: int, eot: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Adversarial examples of ``attack`` at ``eps`` (a bound for a minimization attack) and
+    which of them are verified successful (in the ball, in [0, 1], misclassified)."""
+    from robustbench_er.attack import verify
+
+    advs, oks = [], []
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        e = torch.full((len(xb),), float(eps))
+        if attack.kind == "fixed":
+            xa = attack.run(attack.target(model), xb, yb, e, generator=gen)
+        else:
+            xa = attack.run(attack.target(model), xb, yb, generator=gen)
+        ok, _ = verify(model, xb, xa, yb, attack.norm, e, eot)
+        # an example outside the bound is replaced by the natural image (not an adversarial example)
+        inside = _inside(xa, xb, attack.norm, e)
+        xa = torch.where(inside.view(-1, *([1] * (xb.ndim - 1))), xa.detach(), xb)
+        advs.append(xa)
+        oks.append(ok.cpu().numpy() & inside.cpu().numpy())
+    return torch.cat(advs), np.concatenate(oks)
+
+
+def _inside(xa: torch.Tensor, x: torch.Tensor, norm: str, eps: torch.Tensor) -> torch.Tensor:
+    d = (xa - x).flatten(1)
+    size = {"Linf": d.abs().amax(1), "L2": d.norm(dim=1), "L1": d.abs().sum(1)}[norm]
+    return size <= eps.to(size.device) * (1 + 1e-5) + 1e-7
+
+
+@dataclass
+class DetectionSetup:
+    detectors: list[str]
+    train_attack: Any  # AttackConfig
+    test_attacks: list[Any]
+    norm: str = "Linf"
+    eps: float = 0.3
+    samples: int = 500
+    split: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    batch_size: int = 128
+    eot: int = 1
+
+
+def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
+                  progress: bool = False) -> list[dict[str, Any]]:
+    """Seed 000's protocol for every detector and test attack; one row each."""
+    from robustbench_er.registry import get_detector
+    from robustbench_er.sweep import make_attack
+
+    model: DefendedModel = trained.model.eval()
+    ids = data.sample_ids(setup.samples)
+    x, y = data.x_test[ids], data.y_test[ids]
+    correct = (model.predict_label(x).cpu() == y).numpy()
+    ids, x, y = ids[correct], x[correct], y[correct]
+    set1, set2 = split_sets(np.arange(len(ids)), setup.split, setup.split_seed)
+    randomized = bool(model.randomized)
+    eot = setup.eot if randomized else 1
+
+    def examples(cfg: Any, which: np.ndarray, salt: int) -> tuple[torch.Tensor, np.ndarray]:
+        attack = make_attack(cfg, setup.norm, randomized, eot)
+        attack.check_model(model)
+        return craft(attack, model, x[which], y[which], setup.eps, setup.seed * 7919 + salt, setup.batch_size, eot)
+
+    adv1, ok1 = examples(setup.train_attack, set1, 1)
+    x1 = x[set1]
+    neg1 = torch.cat([x1, noisy_like(x1, adv1, setup.seed + 11)])
+    test_sets = {}
+    for i, cfg in enumerate(setup.test_attacks):
+        adv2, ok2 = examples(cfg, set2, 100 + i)
+        test_sets[cfg.display] = (adv2, ok2)
+    rows = []
+    for dname in setup.detectors:
+        det = get_detector(dname)(dataset=data.spec.name)
+        det.check_model(model)
+        det.fit_reference(model, data.x_train, data.y_train)
+        det.fit(model, adv1[ok1], neg1)
+        x2 = x[set2]
+        for label, (adv2, ok2) in test_sets.items():
+            neg2 = torch.cat([x2, noisy_like(x2, adv2, setup.seed + 13)])
+            s_adv, s_neg = det.score(model, adv2), det.score(model, neg2)
+            detected = s_adv >= 0.5
+            right = (model.predict_label(adv2).cpu() == y[set2]).numpy()
+            c = Counts(N=len(adv2), n_adv=int(detected.sum()), n_cla=int((~detected & right).sum()),
+                       M=len(neg2), m_nadv=int((s_neg < 0.5).sum()))
+            rows.append({"defense": defense, "detector": det.name, "train_attack": setup.train_attack.display,
+                         "test_attack": label, "norm": setup.norm, "eps": setup.eps, "split_seed": setup.split_seed,
+                         "set1": len(set1), "set2": len(set2), "successful": int(ok2.sum()),
+                         "N": c.N, "n_adv": c.n_adv, "n_cla": c.n_cla, "M": c.M, "m_nadv": c.m_nadv,
+                         **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg),
+                         "_scores": (s_adv[ok2], s_neg)})
+    return rows
+
+
+def write_detection(rows: list[dict[str, Any]], out: Any, command: str) -> dict[str, Any]:
+    """``detection.csv`` (long form), ``detection.md`` (seed 000's layout: detectors as columns,
+    attacks as rows, NADV and COM per cell) and ``detection_roc.png``."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from robustbench_er.files import atomic_path, write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows])
+    with atomic_path(out / "detection.csv") as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    lines = ["# Detection", "", f"Made by `{command}`.", "",
+             "ACC-NADV / ACC-COM in % on set II (seed 000's Table 4 definitions); ROC-AUC and TPR at 5% FPR"
+             " in `detection.csv`. Detectors trained on set I with the training attack's examples.", ""]
+    for (defense, train), part in df.groupby(["defense", "train_attack"], sort=False):
+        dets = list(dict.fromkeys(part["detector"]))
+        lines += [f"## {defense}, detectors trained on {train}", "",
+                  "| test attack | " + " | ".join(f"{d} NADV | {d} COM" for d in dets) + " |",
+                  "|---|" + "---|---|" * len(dets)]
+        for test, g in part.groupby("test_attack", sort=False):
+            by = {r["detector"]: r for _, r in g.iterrows()}
+            cells = []
+            for d in dets:
+                r = by.get(d)
+                cells += ["–", "–"] if r is None else [f"{100 * r['acc_nadv']:.2f}", f"{100 * r['acc_com']:.2f}"]
+            lines.append(f"| {test} | " + " | ".join(cells) + " |")
+        lines.append("")
+    write_text_atomic(out / "detection.md", "\n".join(lines))
+    _roc_png(rows, out / "detection_roc.png")
+    return {"csv": out / "detection.csv", "markdown": out / "detection.md", "roc": out / "detection_roc.png"}
+
+
+def _roc_png(rows: list[dict[str, Any]], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from robustbench_er.files import atomic_path
+
+    keys = list(dict.fromkeys((r["defense"], r["train_attack"], r["test_attack"]) for r in rows))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for r in rows:
+            if (r["defense"], r["train_attack"], r["test_attack"]) != key:
+                continue
+            pos, neg = r["_scores"]
+            if len(pos) and len(neg):
+                fpr, tpr, _ = roc_curve(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+                ax.plot(fpr, tpr, label=f"{r['detector']} (AUC {r['roc_auc']:.2f})")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.set_title(f"{key[0]}: {key[1]} -> {key[2]}", fontsize=9)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

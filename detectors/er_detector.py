@@ -14,7 +14,8 @@ and noisy images.
 
 Parameters: ``bandwidth`` (the paper gives none; default "scott", scikit-learn's rule of thumb
 on the fitted codes), ``fit_points`` (natural training points the KDEs are fitted on, 2,000).
-Uses scikit-learn's KernelDensity and LogisticRegression.
+Uses scikit-learn's KernelDensity and LogisticRegression; for adaptive attacks the same KDE and
+logistic regression are written in torch (``torch_features``), so they can be differentiated.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from robustbench_er.defended import DefendedModel
-from robustbench_er.detection import Detector, batched
+from robustbench_er.detection import Detector, batched, torch_kde_logdensity
 from robustbench_er.registry import register_detector
 
 
@@ -33,16 +34,27 @@ class _ERDetector(Detector):
     needs_embedding = True
     use_hidden = False
 
-    def _codes(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
-        def one(xb: torch.Tensor) -> np.ndarray:
-            z = model.embed(xb)
-            if not self.use_hidden:
-                return z.cpu().numpy()
-            part = "encoder" if hasattr(model.net, "encoder") else None
-            means = torch.stack([h.mean(1) for h in model.hidden(xb, part=part)], dim=1)
-            return torch.cat([means, z], dim=1).cpu().numpy()
+    def _torch_codes(self, model: DefendedModel, x: torch.Tensor) -> torch.Tensor:
+        z = model.embed(x)
+        if not self.use_hidden:
+            return z
+        part = "encoder" if hasattr(model.net, "encoder") else None
+        means = torch.stack([h.mean(1) for h in model.hidden(x, part=part)], dim=1)
+        return torch.cat([means, z], dim=1)
 
-        return batched(one, x)
+    def _codes(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
+        return batched(lambda xb: self._torch_codes(model, xb).cpu().numpy(), x)
+
+    def torch_features(self, model: DefendedModel, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable: the KDE written in torch on the stored training codes (same bandwidth)."""
+        codes = self._torch_codes(model, x)
+        pred = model.predict(x).argmax(1)
+        out = torch.full((len(x),), -1e6, dtype=codes.dtype, device=codes.device)
+        for c, kde in self._kde.items():
+            m = pred == c
+            if m.any():
+                out = torch.where(m, torch_kde_logdensity(codes, self._ref[c], float(kde.bandwidth_)), out)
+        return out.clamp_min(-1e6)[:, None]
 
     def fit_reference(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor) -> None:
         from sklearn.neighbors import KernelDensity
@@ -53,6 +65,7 @@ class _ERDetector(Detector):
         bw: Any = self.params.get("bandwidth", "scott")
         self._kde = {int(c): KernelDensity(kernel="gaussian", bandwidth=bw).fit(codes[labels == c])
                      for c in np.unique(labels) if (labels == c).sum() >= 2}
+        self._ref = {c: torch.as_tensor(codes[labels == c], dtype=torch.float32) for c in self._kde}
 
     def features(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
         codes = self._codes(model, x)

@@ -8,7 +8,7 @@ softmax output over ``mc_passes`` (50) forward passes with dropout active (Monte
 summed over classes. A model without dropout layers has BU = 0 for every image (dropout is what
 makes it informative), so the detector is then KD alone; the reference code assumes dropout.
 A logistic regression on z-scored [KD, BU] decides. Uses scikit-learn's KernelDensity and
-LogisticRegression.
+LogisticRegression; adaptive attacks use the same KDE, BU and regression written in torch.
 
 Deviation: the reference code computes KD on the logits layer's input with its own per-class
 subsampling; we use ``fit_points`` (2,000) random natural training points.
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from robustbench_er.defended import DefendedModel
-from robustbench_er.detection import Detector, batched
+from robustbench_er.detection import Detector, batched, torch_kde_logdensity
 from robustbench_er.registry import register_detector
 
 BANDWIDTH = {"cifar10": 0.26, "cifar100": 0.26, "stl10": 0.26, "tiny-imagenet": 0.26}
@@ -43,6 +43,7 @@ class KernelDensityBU(Detector):
         bw = float(self.params.get("bandwidth", BANDWIDTH.get(self.dataset, 1.20)))
         self._kde = {int(c): KernelDensity(kernel="gaussian", bandwidth=bw).fit(feats[labels == c])
                      for c in np.unique(labels) if (labels == c).sum() >= 2}
+        self._ref = {c: torch.as_tensor(feats[labels == c], dtype=torch.float32) for c in self._kde}
 
     def _bu(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
         drops = [m for m in model.net.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.AlphaDropout))]
@@ -58,6 +59,30 @@ class KernelDensityBU(Detector):
             for m in drops:
                 m.eval()
         return probs.var(0).sum(1).cpu().numpy()
+
+    def torch_features(self, model: DefendedModel, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable: the KDE in torch; BU from MC-dropout passes in torch (0 without dropout)."""
+        feats = model.hidden(x)[-1]
+        pred = model.predict(x).argmax(1)
+        kd = torch.full((len(x),), -1e6, dtype=feats.dtype)
+        for c, kde in self._kde.items():
+            m = pred == c
+            if m.any():
+                kd = torch.where(m, torch_kde_logdensity(feats, self._ref[c], float(kde.bandwidth)), kd)
+        drops = [m for m in model.net.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.AlphaDropout))]
+        if drops:
+            for m in drops:
+                m.train()
+            try:
+                probs = torch.stack([torch.softmax(model.predict(x), 1)
+                                     for _ in range(int(self.params.get("mc_passes", 50)))])
+            finally:
+                for m in drops:
+                    m.eval()
+            bu = probs.var(0).sum(1)
+        else:
+            bu = torch.zeros(len(x), dtype=feats.dtype)
+        return torch.stack([kd.clamp_min(-1e6), bu], dim=1)
 
     def features(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
         feats = self._last_hidden(model, x)

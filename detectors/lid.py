@@ -42,6 +42,12 @@ class LID(Detector):
         with torch.no_grad():
             self._ref = [h.cpu() for h in model.hidden(x[idx])]
 
+    def torch_features(self, model: DefendedModel, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable as it stands: distances and the k smallest of them are torch operations
+        (no BPDA needed)."""
+        k = min(int(self.params.get("k", 20)), len(self._ref[0]) - 1)
+        return torch.stack([lid_mle(torch.cdist(h, ref), k) for h, ref in zip(model.hidden(x), self._ref)], dim=1)
+
     def features(self, model: DefendedModel, x: torch.Tensor) -> np.ndarray:
         k = min(int(self.params.get("k", 20)), len(self._ref[0]) - 1)
         out = []

@@ -44,11 +44,14 @@ def test_detector_separates_pgd_examples_from_natural_ones(name, models, digits)
     defense = "er-classifier-" if get_detector(name).needs_embedding else "none"
     setup = DetectionSetup([name], AttackConfig("pgd", {"steps": 10}), [AttackConfig("pgd", {"steps": 10})],
                            eps=0.2, samples=300, split=0.3)
-    (row,) = run_detection(defense, models[defense], digits, setup)
+    row, adaptive = run_detection(defense, models[defense], digits, setup)
+    assert row["test_attack"] == "pgd" and adaptive["test_attack"] == f"adaptive pgd vs {name}"
     assert row["successful"] > 20 and row["M"] == 2 * row["set2"]
     assert row["roc_auc"] > 0.6  # better than chance, non-adaptive protocol
     for k in ("acc_adv", "acc_nadv", "acc_cla", "acc_com"):
         assert 0 <= row[k] <= 1 or math.isnan(row[k])
+    # the attack that knows the detector is there: on the same set II points, detected less often
+    assert adaptive["N"] == row["N"] and adaptive["acc_adv"] < row["acc_adv"]
 
 
 @pytest.mark.parametrize("args, says", [

@@ -237,16 +237,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     defenses = split_top_level(args.defense)
     detectors = split_top_level(args.detector)
-    train = parse_attack(args.train_attack)
+    trains = [parse_attack(a) for a in split_top_level(args.train_attack)]
     tests = [parse_attack(a) for a in split_top_level(args.test_attack)]
-    if not defenses or not detectors or not tests:
-        raise UserInputError("--defense, --detector and --test-attack each need at least one name.")
+    if not defenses or not detectors or not tests or not trains:
+        raise UserInputError("--defense, --detector, --train-attack and --test-attack each need at least one name.")
     for d in defenses:
         get_defense(d)
     for d in detectors:
         get_detector(d)
     norm = args.norm or "Linf"
-    for a in [train, *tests]:
+    for a in [*trains, *tests]:
         get_attack(a.name)
         make_attack(a, norm, False, 1)  # parameters and norm checked
     try:
@@ -272,13 +272,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for d in defenses:
         get_defense(d).hparams(data.spec.name, args.profile or "quick", overrides)
     check_output_folder(args.out, "--out")
-    setup = DetectionSetup(detectors, train, tests, norm=norm, eps=eps, samples=samples, split=split,
-                           split_seed=int(args.split_seed), seed=int(args.seed or 0))
     rows = []
     for d in defenses:
         t = get_or_train(d, data, profile=args.profile or "quick", seed=int(args.seed or 0), out=Path(args.out),
                          overrides=overrides, device=resolve_device(args.device or "auto"), progress=not args.quiet)
-        rows += run_detection(d, t, data, setup, progress=not args.quiet)
+        for train in trains:  # same-attack and cross-attack: one detector training per training attack
+            setup = DetectionSetup(detectors, train, tests, norm=norm, eps=eps, samples=samples, split=split,
+                                   split_seed=int(args.split_seed), seed=int(args.seed or 0))
+            rows += run_detection(d, t, data, setup, progress=not args.quiet)
+            _print(f"[{d}] detectors trained on {train.display}: done", args.quiet)
     paths = write_detection(rows, args.out, _command())
     for p in paths.values():
         _print(str(p), args.quiet)
@@ -494,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(sp)
     sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
     sp.add_argument("--detector", required=True, help="er1, er2, kd, lid (comma-separated)")
-    sp.add_argument("--train-attack", required=True, help="the attack whose examples train the detectors")
+    sp.add_argument("--train-attack", required=True, help="attacks whose examples train the detectors, one"
+                    " training each (comma-separated)")
     sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II (comma-separated)")
     sp.add_argument("--norm", default=None, help="Linf (default), L2 or L1")
     sp.add_argument("--eps", default="0.3", help="the attacks' epsilon (a bound for C&W)")

@@ -24,7 +24,7 @@ from torch import nn
 
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
-from robustbench_er.imported import given_defense, registered
+from robustbench_er.imported import given_model, registered, save_given
 
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 
@@ -88,11 +88,8 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
     With ``out=None`` the store lives in a temporary folder that is removed afterwards; with a
     folder, everything is written there as the CLI writes it, and a rerun resumes.
     """
-    from robustbench_er.checkpoints import model_identity, save_checkpoint
     from robustbench_er.config import parse_experiment
     from robustbench_er.data import load_dataset
-    from robustbench_er.hparams import HParams
-    from robustbench_er.registry import normalize as normalize_name
     from robustbench_er.sweep import run_sweep
 
     if not isinstance(model, nn.Module):
@@ -114,11 +111,9 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
             if len(mean) != len(std) or len(mean) not in (1, data.spec.shape[0]):
                 raise UserInputError(
                     f"normalize needs one mean and one std per channel ({data.spec.shape[0]}); got {normalize!r}.")
-    cls = given_defense(name, data.spec.name, net, classes=data.spec.classes, mean=mean, std=std,
-                         randomized=bool(randomized), differentiable=bool(differentiable), output=output)
-    wrapped = cls().wrap(cls().build(data.spec, None), data.spec, None)
-    wrapped.eval()
-    ident = model_identity(normalize_name(name), wrapped, HParams())
+    given = given_model(name, data.spec, net, mean=mean, std=std, randomized=bool(randomized),
+                        differentiable=bool(differentiable), output=output)
+    cls, ident = given.cls, given.identity
     with contextlib.ExitStack() as stack:
         if out is None:
             root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="robustbench-er-")))
@@ -142,10 +137,7 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
         parse_experiment({k: v for k, v in raw.items() if k != "checkpoints"}, out=str(root), device=device,
                          source="benchmark()").configs(progress=progress)
         if not (folder / "meta.json").is_file():
-            save_checkpoint(folder, wrapped, {"defense": cls.name, "dataset": data.spec.name, "profile": "quick",
-                                              "hparams": {}, "source": "robustbench_er.benchmark",
-                                              "classes": data.spec.classes, "id": ident,
-                                              "randomized": bool(randomized)})
+            save_given(given, folder, source="robustbench_er.benchmark")
         (cfg,) = parse_experiment(raw, out=str(root), device=device, source="benchmark()").configs(progress=progress)
         loaded: list[str] = []
         run_sweep(cfg, command=f"robustbench_er.benchmark(<{type(net).__name__}>, dataset={dataset!r}, ...)",

@@ -236,9 +236,10 @@ def craft(attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, e
 
 
 def _inside(xa: torch.Tensor, x: torch.Tensor, norm: str, eps: torch.Tensor) -> torch.Tensor:
-    d = (xa - x).flatten(1)
-    size = {"Linf": d.abs().amax(1), "L2": d.norm(dim=1), "L1": d.abs().sum(1)}[norm]
-    return size <= eps.to(size.device) * (1 + 1e-5) + 1e-7
+    """The ball test of :func:`robustbench_er.attack.verify` (same norm and tolerances)."""
+    from robustbench_er.attack import NORM_ATOL, NORM_RTOL, perturbation_norm
+
+    return perturbation_norm(xa - x, norm) <= eps.to(xa.device) * (1 + NORM_RTOL) + NORM_ATOL
 
 
 @dataclass

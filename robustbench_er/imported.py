@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -64,6 +65,47 @@ def given_defense(name: str, dataset: str, net: nn.Module, *, classes: int, mean
     GivenModel.output = output
     GivenModel.__name__ = GivenModel.__qualname__ = f"GivenModel[{name}]"
     return GivenModel
+
+
+@dataclass
+class Given:
+    """A network built elsewhere, entered as a one-off defense and wrapped as it declares."""
+
+    key: str
+    dataset: str
+    classes: int
+    cls: Any
+    model: DefendedModel
+    identity: str
+    declared: dict[str, Any]
+
+
+def given_model(name: str, spec: Any, net: nn.Module, *, mean: Sequence[float] = (), std: Sequence[float] = (),
+                randomized: bool = False, differentiable: bool = True, output: str = "logits") -> Given:
+    """The one-off defense of ``net`` (:func:`given_defense`), the wrapped model and its identity
+    (a hash of the weights and the architecture): what ``benchmark()``, ``import-model`` and the
+    RobustBench zoo share before writing a checkpoint with :func:`save_given`."""
+    from robustbench_er.checkpoints import model_identity
+    from robustbench_er.hparams import HParams
+    from robustbench_er.registry import normalize
+
+    key = normalize(name)
+    cls = given_defense(key, spec.name, net, classes=spec.classes, mean=mean, std=std, randomized=randomized,
+                        differentiable=differentiable, output=output)
+    model = cls().wrap(cls().build(spec, None), spec, None).eval()
+    declared = {"mean": [float(v) for v in mean], "std": [float(v) for v in std], "randomized": bool(randomized),
+                "differentiable": bool(differentiable), "output": output}
+    return Given(key, spec.name, spec.classes, cls, model, model_identity(key, model, HParams()), declared)
+
+
+def save_given(given: Given, folder: Path, **provenance: Any) -> Path:
+    """Write ``given`` as a checkpoint folder; ``provenance`` (where it came from, its
+    ``architecture`` when it can be rebuilt) joins the metadata every such checkpoint has."""
+    from robustbench_er.checkpoints import save_checkpoint
+
+    return save_checkpoint(folder, given.model, {
+        "defense": given.key, "dataset": given.dataset, "profile": "quick", "hparams": {}, "classes": given.classes,
+        "declared": given.declared, "id": given.identity, "randomized": given.declared["randomized"], **provenance})
 
 
 @contextlib.contextmanager
@@ -187,12 +229,10 @@ def import_model(*, arch: str, weights: str | Path, dataset: str, name: str, out
     Returns (folder, how the weights were read, clean accuracy on the test split). The folder is
     named after the model's identity (a hash of the loaded weights and the architecture).
     """
-    from robustbench_er.checkpoints import model_identity, save_checkpoint
     from robustbench_er.config import check_output_folder
     from robustbench_er.data import load_dataset
     from robustbench_er.defended import check_model_output
-    from robustbench_er.hparams import HParams
-    from robustbench_er.registry import DEFENSES, normalize
+    from robustbench_er.registry import DEFENSES
     from robustbench_er.training import accuracy
 
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\,()"):
@@ -209,23 +249,17 @@ def import_model(*, arch: str, weights: str | Path, dataset: str, name: str, out
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise UserInputError(f"--weights: they do not fit {arch!r}: {str(exc).splitlines()[0]}") from None
-    cls = given_defense(name, data.spec.name, net, classes=data.spec.classes, mean=mean, std=std,
-                        randomized=randomized, differentiable=differentiable, output=output)
-    model = cls().wrap(cls().build(data.spec, None), data.spec, None).eval()
-    check_model_output(model, data.x_test[:4])
-    key = normalize(name)
-    ident = model_identity(key, model, HParams())
+    given = given_model(name, data.spec, net, mean=mean, std=std, randomized=randomized,
+                        differentiable=differentiable, output=output)
+    check_model_output(given.model, data.x_test[:4])
     arch_ref = arch
     mod_ref, _, attr = arch.rpartition(":")
     if mod_ref.endswith(".py"):
         arch_ref = f"{Path(mod_ref).resolve()}:{attr}"  # found again from any working folder
-    folder = Path(out) / "checkpoints" / f"{key}-{data.spec.name}-{ident}"
-    save_checkpoint(folder, model, {
-        "defense": key, "dataset": data.spec.name, "profile": "quick", "hparams": {},
-        "architecture": arch_ref, "imported_from": str(Path(weights).resolve()), "weights_read_with": how,
-        "declared": {"mean": list(mean), "std": list(std), "randomized": bool(randomized),
-                     "differentiable": bool(differentiable), "output": output},
-        "classes": data.spec.classes, "id": ident, "randomized": bool(randomized)})
+    folder = Path(out) / "checkpoints" / f"{given.key}-{data.spec.name}-{given.identity}"
+    save_given(given, folder, architecture=arch_ref, imported_from=str(Path(weights).resolve()),
+               weights_read_with=how)
+    model = given.model
     return folder, how, accuracy(model, data.x_test, data.y_test)
 
 

@@ -88,11 +88,9 @@ def weights_path(model_dir: str | Path, model: str, dataset: str, norm: str) -> 
 def zoo_checkpoint(spec_name: str, dataset: str, norm: str, *, model_dir: str | Path | None, out: str | Path,
                    download: bool = False) -> Path:
     """Write (or find) the harness checkpoint of a zoo model; return its folder."""
-    from robustbench_er.checkpoints import model_identity, read_meta, save_checkpoint
+    from robustbench_er.checkpoints import read_meta
     from robustbench_er.data import SPECS
-    from robustbench_er.hparams import HParams
-    from robustbench_er.imported import given_defense, read_state_dict
-    from robustbench_er.registry import normalize
+    from robustbench_er.imported import given_model, read_state_dict, save_given
 
     model = spec_name.strip()[len(PREFIX):]
     if model_dir is None:
@@ -118,18 +116,10 @@ def zoo_checkpoint(spec_name: str, dataset: str, norm: str, *, model_dir: str | 
         except RuntimeError as exc:
             raise UserInputError(f"The weights at {str(path)!r} do not fit RobustBench's {model!r}:"
                                  f" {str(exc).splitlines()[0]}") from None
-    spec = SPECS[dataset]
-    key = normalize(spec_name)
-    cls = given_defense(key, dataset, net, classes=spec.classes)
-    wrapped = cls().wrap(cls().build(spec, None), spec, None).eval()
-    ident = model_identity(key, wrapped, HParams())
-    folder = Path(out) / "checkpoints" / f"robustbench-{model.lower()}-{dataset}-{ident}"
-    if (folder / "meta.json").is_file() and read_meta(folder).get("id") == ident:
+    given = given_model(spec_name, SPECS[dataset], net)
+    folder = Path(out) / "checkpoints" / f"robustbench-{model.lower()}-{dataset}-{given.identity}"
+    if (folder / "meta.json").is_file() and read_meta(folder).get("id") == given.identity:
         return folder
-    save_checkpoint(folder, wrapped, {
-        "defense": key, "dataset": dataset, "profile": "quick", "hparams": {}, "classes": spec.classes,
-        "architecture": f"{PREFIX}{dataset}/{norm}/{model}", "imported_from": str(path.resolve()),
-        "weights_read_with": how, "declared": {"mean": [], "std": [], "randomized": False, "differentiable": True,
-                                               "output": "logits"},
-        "id": ident, "randomized": False})
+    save_given(given, folder, architecture=f"{PREFIX}{dataset}/{norm}/{model}", imported_from=str(path.resolve()),
+               weights_read_with=how)
     return folder

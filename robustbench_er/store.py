@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import socket
 import sqlite3
 import threading
@@ -70,11 +71,24 @@ log = logging.getLogger(__name__)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
-    """An autocommit SQLite connection in WAL mode that waits up to 60 s for other writers."""
+    """An autocommit SQLite connection in WAL mode that waits up to 60 s for other writers.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers "database is
+    locked" at once, without its busy handler, when two processes open a fresh store at the
+    same moment; so the switch is retried here for up to the same 60 s.
+    """
     conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=60000")
-    return conn
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return conn
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.02 + 0.05 * random.random())
 
 
 @contextmanager

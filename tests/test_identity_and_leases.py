@@ -240,7 +240,7 @@ def test_connections_opening_a_new_store_at_once_all_succeed(tmp_path):
     for i in range(150):
         path, gate = tmp_path / f"s{i}.sqlite", threading.Barrier(4)
 
-        def open_it() -> None:
+        def open_it(path: Path = path, gate: threading.Barrier = gate) -> None:
             gate.wait()
             try:
                 connect(path).close()

@@ -227,61 +227,16 @@ def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     """Seed 000's detection protocol: every input checked first, then train or load, craft, detect."""
-    from robustbench_er.config import check_output_folder, parse_eps, split_top_level
-    from robustbench_er.data import load_dataset
-    from robustbench_er.detection import DetectionSetup, run_detection, write_detection
-    from robustbench_er.device import resolve_device
-    from robustbench_er.registry import get_attack, get_defense, get_detector
-    from robustbench_er.sweep import make_attack
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.detection_job import plan_detection, run_detection_job
 
-    defenses = split_top_level(args.defense)
-    detectors = split_top_level(args.detector)
-    trains = [parse_attack(a) for a in split_top_level(args.train_attack)]
-    tests = [parse_attack(a) for a in split_top_level(args.test_attack)]
-    if not defenses or not detectors or not tests or not trains:
-        raise UserInputError("--defense, --detector, --train-attack and --test-attack each need at least one name.")
-    for d in defenses:
-        get_defense(d)
-    for d in detectors:
-        get_detector(d)
-    norm = args.norm or "Linf"
-    for a in [*trains, *tests]:
-        get_attack(a.name)
-        make_attack(a, norm, False, 1)  # parameters and norm checked
-    try:
-        split = float(args.split)
-        (eps,) = parse_eps(str(args.eps))
-        samples = int(args.samples)
-    except (TypeError, ValueError):
-        raise UserInputError("--split and --samples must be numbers and --eps one epsilon.") from None
-    if not 0 < split < 1:
-        raise UserInputError(f"--split: must be strictly between 0 and 1; got {args.split}.")
-    data = load_dataset(args.dataset, args.data_dir, False)
-    if not 10 <= samples <= len(data.y_test):
-        raise UserInputError(f"--samples: must be between 10 and {len(data.y_test)}; got {samples}.")
-    for d in defenses:  # a detector that needs an embedding the model lacks: refused before training
-        cls = get_defense(d)
-        net = cls().build(data.spec, cls.hparams(data.spec.name, args.profile or "quick"))
-        for name in detectors:
-            if get_detector(name).needs_embedding and not (hasattr(net, "embed") or hasattr(net, "features")):
-                raise UserInputError(f"--detector {name}: it reads the model's embedding, which {d!r} lacks.")
-    from robustbench_er.config import parse_sets
-
-    overrides = dict(parse_sets(args.set)) if args.set else None
-    for d in defenses:
-        get_defense(d).hparams(data.spec.name, args.profile or "quick", overrides)
-    check_output_folder(args.out, "--out")
-    rows = []
-    for d in defenses:
-        t = get_or_train(d, data, profile=args.profile or "quick", seed=int(args.seed or 0), out=Path(args.out),
-                         overrides=overrides, device=resolve_device(args.device or "auto"), progress=not args.quiet)
-        for train in trains:  # same-attack and cross-attack: one detector training per training attack
-            setup = DetectionSetup(detectors, train, tests, norm=norm, eps=eps, samples=samples, split=split,
-                                   split_seed=int(args.split_seed), seed=int(args.seed or 0))
-            rows += run_detection(d, t, data, setup, progress=not args.quiet)
-            _print(f"[{d}] detectors trained on {train.display}: done", args.quiet)
-    paths = write_detection(rows, args.out, _command())
+    flags = {"dataset": args.dataset, "defenses": args.defense, "detectors": args.detector,
+             "train_attacks": args.train_attack, "test_attacks": args.test_attack, "norm": args.norm,
+             "eps": args.eps, "l2_unit": args.l2_unit, "samples": args.samples, "split": args.split,
+             "split_seed": args.split_seed, "seed": args.seed, "profile": args.profile, "set": args.set,
+             "data_dir": args.data_dir, "device": args.device, "out": args.out,
+             "adaptive": not args.no_adaptive}
+    plan = plan_detection({k: v for k, v in flags.items() if v is not None}, cli=True)
+    paths = run_detection_job(plan, _command(), progress=not args.quiet, say=lambda m: _print(m, args.quiet))
     for p in paths.values():
         _print(str(p), args.quiet)
     return 0
@@ -331,16 +286,27 @@ def _command() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from robustbench_er.config import read_experiment
+    from robustbench_er.config import parse_experiment, read_experiment
+    from robustbench_er.detection_job import plan_detection, run_detection_job
 
     raw = read_experiment(args.experiment)
-    # every sweep is checked before the first one trains or writes anything
-    configs = experiment_configs(raw, out=args.out, device=args.device, quiet=args.quiet,
-                                 source=f"Experiment file {args.experiment!r}")
+    source = f"Experiment file {args.experiment!r}"
+    # every sweep and detection job is checked before the first one trains or writes anything
+    configs = experiment_configs(raw, out=args.out, device=args.device, quiet=args.quiet, source=source)
+    exp = parse_experiment(raw, out=args.out, device=args.device, source=source)
+    plans = [plan_detection(job, where=where) for job, where in exp.detect]
     if args.dry_run:
-        return _dry_run(configs)
+        for p in plans:
+            print(f"detect: {p.data.spec.name}, {', '.join(p.defenses)} x {', '.join(p.setups[0].detectors)},"
+                  f" trained on {', '.join(s.train_attack.display for s in p.setups)}, tested by"
+                  f" {', '.join(a.display for a in p.setups[0].test_attacks)}, out {p.out}")
+        return _dry_run(configs) if configs else 0
     for cfg in configs:
         _run_config(cfg, _command(), args.quiet)
+    for p in plans:
+        for path in run_detection_job(p, _command(), progress=not args.quiet,
+                                      say=lambda m: _print(m, args.quiet)).values():
+            _print(str(path), args.quiet)
     return 0
 
 
@@ -498,12 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--detector", required=True, help="er1, er2, kd, lid (comma-separated)")
     sp.add_argument("--train-attack", required=True, help="attacks whose examples train the detectors, one"
                     " training each (comma-separated)")
-    sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II (comma-separated)")
+    sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II (comma-separated); an"
+                    " attack in another norm names its own: cw(norm=L2,eps=0.007,confidence=9)")
     sp.add_argument("--norm", default=None, help="Linf (default), L2 or L1")
     sp.add_argument("--eps", default="0.3", help="the attacks' epsilon (a bound for C&W)")
     sp.add_argument("--samples", default="500", help="test points before the split (clean-correct ones are used)")
     sp.add_argument("--split", default="0.2", help="share of the points in set I (detector training)")
     sp.add_argument("--split-seed", default="0")
+    sp.add_argument("--l2-unit", default=None, help="l2, rms or mse: unit of L2 bounds such as cw(eps=0.007);"
+                    " rms = L2 / sqrt(pixels), mse = L2^2 / pixels (seed 000's C&W bounds)")
+    sp.add_argument("--no-adaptive", action="store_true", help="skip the adaptive PGD against each detector")
     common(sp, out_default="results/detection")
     sp.set_defaults(func=cmd_detect)
 

@@ -20,7 +20,7 @@ import os
 import re
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,9 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 #: experiment-level keys that are not part of a sweep
-EXPERIMENT_KEYS = ("name", "description", "plugins", "sweeps")
+#: keys a ``detect:`` job takes from the experiment file's top level unless it sets its own
+DETECT_SHARED = ("dataset", "data_dir", "profile", "seed", "device", "out")
+EXPERIMENT_KEYS = ("name", "description", "plugins", "sweeps", "detect")
 
 
 # ---- numbers, grids, attack strings -----------------------------------------------------------
@@ -390,6 +392,17 @@ class _ExperimentFile(BaseModel):
     description: str | None = None
     plugins: list[str] = Field(default_factory=list)
     sweeps: list[dict[str, Any]] | None = None
+    #: detection jobs (the ``detect`` command's keys), after the sweeps
+    detect: list[dict[str, Any]] | None = None
+
+    @field_validator("detect", mode="before")
+    @classmethod
+    def _detect(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return [v]
+        if v is not None and not (isinstance(v, list) and all(isinstance(s, Mapping) for s in v)):
+            raise _custom(f"must be a mapping of the detect command's keys, or a list of them, got {v!r}")
+        return v
 
     @field_validator("plugins", mode="before")
     @classmethod
@@ -650,6 +663,8 @@ class Experiment:
     specs: list[SweepSpec]
     wheres: list[str]
     name: str | None = None
+    #: detection jobs: (the job's keys with the file's shared ones filled in, where it is)
+    detect: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
     def configs(self, progress: bool = True) -> list[Any]:
         out = []
@@ -686,7 +701,15 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
         raise UserInputError(_error_sentence(exc, lambda top, kind: "", False, [])) from None
     base = {k: v for k, v in raw.items() if k not in EXPERIMENT_KEYS}
     given = {k: v for k, v in (("out", out), ("device", device)) if v is not None}
+    detect = []
+    for i, job in enumerate(exp.detect or []):
+        shared = {k: base[k] for k in DETECT_SHARED if k in base}
+        if isinstance(base.get("defenses"), list) and all(isinstance(d, str) for d in base["defenses"]):
+            shared["defenses"] = base["defenses"]
+        detect.append(({**shared, **job, **given}, f"detect[{i}]." if len(exp.detect or []) > 1 else "detect."))
     specs, wheres = [], []
+    if exp.detect and "attacks" not in base and not exp.sweeps:  # a detection-only experiment
+        return Experiment(exp.plugins, [], [], exp.name, detect)
     sweeps = exp.sweeps if exp.sweeps else [{}]
     for i, extra in enumerate(sweeps):
         where = f"sweeps[{i}]" if exp.sweeps else ""
@@ -698,7 +721,7 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
         specs.append(_validate_spec(merged, prefix_for, cli=False))
         # semantic errors in keys the sweep does not set are named at the top level
         wheres.append(where)
-    return Experiment(exp.plugins, specs, wheres, exp.name)
+    return Experiment(exp.plugins, specs, wheres, exp.name, detect)
 
 
 def read_experiment(path: str | Path) -> dict[str, Any]:

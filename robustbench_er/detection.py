@@ -22,8 +22,9 @@ Protocol (seed 000 section 4.5):
   successful examples and the non-adversarial ones (scikit-learn), as the KD and LID papers
   and later work report.
 
-Detection is scored at the logistic regression's 0.5 threshold. Not yet here: the store
-(detection runs are recomputed, not resumed) and adaptive attacks.
+Detection is scored at the logistic regression's 0.5 threshold. Every attack may carry its own
+threat model (``cw(norm=L2, eps=0.007)``, with ``l2_unit="mse"`` reading L2 bounds as a mean
+squared distortion per pixel, as seed 000's C&W bounds read); rows are detection cells in the results store, so a run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class DetectionSetup:
     detectors: list[str]
     train_attack: Any  # AttackConfig
     test_attacks: list[Any]
+    #: the norm and eps of every attack that does not name its own (``cw(norm=L2, eps=0.2)``)
     norm: str = "Linf"
     eps: float = 0.3
     samples: int = 500
@@ -258,65 +260,162 @@ class DetectionSetup:
     #: also run adaptive PGD (classifier loss and detector logit together) on set II per detector
     adaptive: bool = True
     adaptive_steps: int = 40
+    #: unit of L2 bounds: ``l2``; ``rms`` = L2 / sqrt(pixels); ``mse`` = L2^2 / pixels, the mean
+    #: squared distortion, the reading of seed 000's C&W bounds under which its kappa-9 examples exist
+    l2_unit: str = "l2"
+
+
+def threat(cfg: Any, setup: DetectionSetup, dim: int) -> tuple[Any, str, float, float]:
+    """``cfg`` without the detection-level keys, its norm, its eps as given, and its eps in the
+    attack's own units (``norm=`` and ``eps=`` in an attack's parameters override the run's)."""
+    from robustbench_er.attack import canonical_norm
+    from robustbench_er.registry import get_attack
+    from robustbench_er.sweep import AttackConfig
+
+    params = dict(cfg.params)
+    norm = params.pop("norm", None)
+    eps = params.pop("eps", None)
+    cls = get_attack(cfg.name)
+    if norm is None:
+        norm = setup.norm if setup.norm in cls.norms else (cls.norms[0] if len(cls.norms) == 1 else setup.norm)
+    try:
+        norm = canonical_norm(str(norm))
+    except Exception as exc:
+        raise UserInputError(f"attack {cfg.display!r}: {exc}") from None
+    if eps is None:
+        if norm != setup.norm:
+            raise UserInputError(f"attack {cfg.display!r} runs in {norm}, not the run's {setup.norm}; give its"
+                                 f" bound, e.g. {cfg.name}(eps=...).")
+        eps = setup.eps
+    try:
+        given = float(eps)
+    except (TypeError, ValueError):
+        raise UserInputError(f"attack {cfg.display!r}: eps must be a number; got {eps!r}.") from None
+    if not given >= 0:
+        raise UserInputError(f"attack {cfg.display!r}: eps must be >= 0; got {eps!r}.")
+    l2 = given
+    if norm == "L2" and setup.l2_unit == "rms":  # ||d||_2 / sqrt(pixels) <= given
+        l2 = given * math.sqrt(dim)
+    elif norm == "L2" and setup.l2_unit == "mse":  # ||d||_2^2 / pixels <= given
+        l2 = math.sqrt(given * dim)
+    return AttackConfig(cfg.name, params, label=cfg.label), norm, given, l2
+
+
+def _key(identity: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
-                  progress: bool = False) -> list[dict[str, Any]]:
-    """Seed 000's protocol for every detector and test attack; one row each."""
+                  progress: bool = False, store: Any = None,
+                  crafted: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Seed 000's protocol for every detector and test attack; one row each.
+
+    With a ``store``, each row is a detection cell keyed by (dataset, defense checkpoint,
+    detector, training attack, test attack with norm and eps, samples, split and seeds): rows
+    already there are read back, and only the missing ones are crafted and scored. ``crafted``
+    (a dict the caller keeps) holds set II's examples per test attack, so the runs of one
+    defense with several training attacks craft each test attack once.
+    """
     from robustbench_er.registry import get_detector
     from robustbench_er.sweep import make_attack
 
     model: DefendedModel = trained.model.eval()
+    dim = int(np.prod(data.x_test.shape[1:]))
     ids = data.sample_ids(setup.samples)
     x, y = data.x_test[ids], data.y_test[ids]
-    correct = (model.predict_label(x).cpu() == y).numpy()
-    ids, x, y = ids[correct], x[correct], y[correct]
-    set1, set2 = split_sets(np.arange(len(ids)), setup.split, setup.split_seed)
     randomized = bool(model.randomized)
     eot = setup.eot if randomized else 1
-
-    def examples(cfg: Any, which: np.ndarray, salt: int) -> tuple[torch.Tensor, np.ndarray]:
-        attack = make_attack(cfg, setup.norm, randomized, eot)
-        attack.check_model(model)
-        return craft(attack, model, x[which], y[which], setup.eps, setup.seed * 7919 + salt, setup.batch_size, eot)
-
-    adv1, ok1 = examples(setup.train_attack, set1, 1)
-    x1 = x[set1]
-    neg1 = torch.cat([x1, noisy_like(x1, adv1, setup.seed + 11)])
-    test_sets = {}
+    t_cfg, t_norm, t_given, t_eps = threat(setup.train_attack, setup, dim)
+    base = {"dataset": data.spec.name, "defense": defense, "checkpoint": getattr(trained, "identity", ""),
+            "train": [t_cfg.name, t_cfg.params, t_norm, t_eps], "samples": setup.samples, "split": setup.split,
+            "split_seed": setup.split_seed, "seed": setup.seed, "eot": eot}
+    tests = []
     for i, cfg in enumerate(setup.test_attacks):
-        adv2, ok2 = examples(cfg, set2, 100 + i)
-        test_sets[cfg.display] = (adv2, ok2)
-    rows = []
+        c, norm, given, eps = threat(cfg, setup, dim)
+        tests.append((cfg.display, c, norm, given, eps, i))
+    adaptive = setup.adaptive and t_norm == "Linf"
+
+    def ident(det: str, test: Any) -> dict[str, Any]:
+        return {**base, "detector": det, "test": test}
+
+    wanted: dict[tuple[str, str], dict[str, Any]] = {}
     for dname in setup.detectors:
-        det = get_detector(dname)(dataset=data.spec.name)
-        det.check_model(model)
-        det.fit_reference(model, data.x_train, data.y_train)
-        det.fit(model, adv1[ok1], neg1)
-        x2 = x[set2]
-        sets = dict(test_sets)
-        if setup.adaptive and setup.norm == "Linf":
-            try:
-                adv_a = torch.cat([adaptive_pgd(model, det, x2[i:i + setup.batch_size], y[set2][i:i + setup.batch_size],
-                                                setup.eps, steps=setup.adaptive_steps, seed=setup.seed + 17 + i)
-                                   for i in range(0, len(x2), setup.batch_size)])
-                ok_a = (model.predict_label(adv_a).cpu() != y[set2]).numpy()
-                sets[f"adaptive pgd vs {det.name}"] = (adv_a, ok_a)
-            except NotImplementedError:
-                pass
-        for label, (adv2, ok2) in sets.items():
-            neg2 = torch.cat([x2, noisy_like(x2, adv2, setup.seed + 13)])
-            s_adv, s_neg = det.score(model, adv2), det.score(model, neg2)
-            detected = s_adv >= 0.5
-            right = (model.predict_label(adv2).cpu() == y[set2]).numpy()
-            c = Counts(N=len(adv2), n_adv=int(detected.sum()), n_cla=int((~detected & right).sum()),
-                       M=len(neg2), m_nadv=int((s_neg < 0.5).sum()))
-            rows.append({"defense": defense, "detector": det.name, "train_attack": setup.train_attack.display,
-                         "test_attack": label, "norm": setup.norm, "eps": setup.eps, "split_seed": setup.split_seed,
-                         "set1": len(set1), "set2": len(set2), "successful": int(ok2.sum()),
-                         "N": c.N, "n_adv": c.n_adv, "n_cla": c.n_cla, "M": c.M, "m_nadv": c.m_nadv,
-                         **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg),
-                         "_scores": (s_adv[ok2], s_neg)})
+        for label, c, norm, _, eps, _ in tests:
+            wanted[(dname, label)] = ident(dname, [c.name, c.params, norm, eps])
+        if adaptive:
+            wanted[(dname, f"adaptive pgd vs {dname}")] = ident(dname, ["adaptive-pgd", setup.adaptive_steps,
+                                                                         "Linf", t_eps])
+    done: dict[tuple[str, str], Any] = {}
+    if store is not None:
+        for k, idt in wanted.items():
+            got = store.detection_row(_key(idt))
+            if got is not None:
+                done[k] = got
+    missing_dets = [d for d in setup.detectors if any(k[0] == d and k not in done for k in wanted)]
+
+    rows: list[dict[str, Any]] = []
+    if missing_dets:
+        correct = (model.predict_label(x).cpu() == y).numpy()
+        x, y = x[correct], y[correct]
+        set1, set2 = split_sets(np.arange(len(y)), setup.split, setup.split_seed)
+
+        def examples(cfg: Any, norm: str, eps: float, which: np.ndarray, salt: int) -> tuple[torch.Tensor, np.ndarray]:
+            attack = make_attack(cfg, norm, randomized, eot)
+            attack.check_model(model)
+            return craft(attack, model, x[which], y[which], eps, setup.seed * 7919 + salt, setup.batch_size, eot)
+
+        adv1, ok1 = examples(t_cfg, t_norm, t_eps, set1, 1)
+        x1, x2, y2 = x[set1], x[set2], y[set2]
+        neg1 = torch.cat([x1, noisy_like(x1, adv1, setup.seed + 11)])
+        test_sets = {}
+        for label, c, norm, given, eps, i in tests:
+            if any((d, label) not in done for d in missing_dets):
+                ck = _key({**base, "train": None, "test": [c.name, c.params, norm, eps, i]})
+                if crafted is None or ck not in crafted:
+                    adv2, ok2 = examples(c, norm, eps, set2, 100 + i)
+                    if crafted is not None:
+                        crafted[ck] = (adv2, ok2)
+                adv2, ok2 = crafted[ck] if crafted is not None else (adv2, ok2)
+                test_sets[label] = (adv2, ok2, norm, given)
+        for dname in missing_dets:
+            det = get_detector(dname)(dataset=data.spec.name)
+            det.check_model(model)
+            det.fit_reference(model, data.x_train, data.y_train)
+            det.fit(model, adv1[ok1], neg1)
+            sets = {k: v for k, v in test_sets.items() if (dname, k) not in done}
+            a_label = f"adaptive pgd vs {det.name}"
+            if adaptive and (dname, a_label) not in done:
+                try:
+                    adv_a = torch.cat([adaptive_pgd(model, det, x2[i:i + setup.batch_size], y2[i:i + setup.batch_size],
+                                                    t_eps, steps=setup.adaptive_steps, seed=setup.seed + 17 + i)
+                                       for i in range(0, len(x2), setup.batch_size)])
+                    ok_a = (model.predict_label(adv_a).cpu() != y2).numpy()
+                    sets[a_label] = (adv_a, ok_a, "Linf", t_given)
+                except NotImplementedError:
+                    pass
+            for label, (adv2, ok2, norm, given) in sets.items():
+                neg2 = torch.cat([x2, noisy_like(x2, adv2, setup.seed + 13)])
+                s_adv, s_neg = det.score(model, adv2), det.score(model, neg2)
+                detected = s_adv >= 0.5
+                right = (model.predict_label(adv2).cpu() == y2).numpy()
+                c = Counts(N=len(adv2), n_adv=int(detected.sum()), n_cla=int((~detected & right).sum()),
+                           M=len(neg2), m_nadv=int((s_neg < 0.5).sum()))
+                row = {"defense": defense, "detector": det.name, "train_attack": setup.train_attack.display,
+                       "test_attack": label, "norm": norm, "eps": given, "split_seed": setup.split_seed,
+                       "set1": len(set1), "set2": len(set2), "successful": int(ok2.sum()),
+                       "N": c.N, "n_adv": c.n_adv, "n_cla": c.n_cla, "M": c.M, "m_nadv": c.m_nadv,
+                       **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg)}
+                if store is not None and (dname, label) in wanted:
+                    idt = wanted[(dname, label)]
+                    store.put_detection_row(_key(idt), idt, row, (s_adv[ok2], s_neg))
+                done[(dname, label)] = (row, (s_adv[ok2], s_neg))
+    for k in wanted:
+        if k in done:
+            row, (pos, neg) = done[k]
+            rows.append({**row, "_scores": (np.asarray(pos, dtype=float), np.asarray(neg, dtype=float))})
     return rows
 
 

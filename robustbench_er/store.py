@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
     PRIMARY KEY (cell_id, sample_id));
 CREATE TABLE IF NOT EXISTS flags (
     cell_id TEXT, flag TEXT, detail TEXT, PRIMARY KEY (cell_id, flag));
+CREATE TABLE IF NOT EXISTS detection (
+    key TEXT PRIMARY KEY, identity TEXT NOT NULL, row TEXT NOT NULL, scores TEXT NOT NULL, created REAL);
+CREATE TABLE IF NOT EXISTS analyses (
+    key TEXT PRIMARY KEY, identity TEXT NOT NULL, result TEXT NOT NULL, created REAL);
 """
 
 LEASE_SCHEMA = """
@@ -245,6 +249,32 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         with _immediate(self.conn) as c:
             yield c
+
+    # ---- detection rows and analysis results (one JSON document per key) ----
+    def detection_row(self, key: str) -> tuple[dict[str, Any], tuple[list[float], list[float]]] | None:
+        """A finished detection row and its (positive, negative) scores, or None."""
+        r = self.conn.execute("SELECT row, scores FROM detection WHERE key=?", (key,)).fetchone()
+        if r is None:
+            return None
+        pos, neg = json.loads(r[1])
+        return json.loads(r[0]), (pos, neg)
+
+    def put_detection_row(self, key: str, identity: dict[str, Any], row: dict[str, Any],
+                          scores: tuple[Any, Any]) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO detection (key, identity, row, scores, created) VALUES (?,?,?,?,?)",
+                      (key, json.dumps(identity, default=str, sort_keys=True), json.dumps(row, default=float),
+                       json.dumps([[float(v) for v in scores[0]], [float(v) for v in scores[1]]]), time.time()))
+
+    def analysis_result(self, key: str) -> dict[str, Any] | None:
+        r = self.conn.execute("SELECT result FROM analyses WHERE key=?", (key,)).fetchone()
+        return None if r is None else json.loads(r[0])
+
+    def put_analysis_result(self, key: str, identity: dict[str, Any], result: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO analyses (key, identity, result, created) VALUES (?,?,?,?)",
+                      (key, json.dumps(identity, default=str, sort_keys=True), json.dumps(result, default=float),
+                       time.time()))
 
     # ---- runs ----
     def start_run(self, command: str, config: dict[str, Any], versions: dict[str, str]) -> int:

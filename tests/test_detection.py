@@ -83,3 +83,48 @@ def test_bad_detect_input(args, says, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and says.lower() in err.lower(), err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--test-attack", "cw"], "give its bound"),
+    (["--l2-unit", "pixels"], "--l2-unit"),
+    (["--test-attack", "fgsm(eps=abc)"], "--test-attack"),
+])
+def test_bad_threat_input(args, says, tmp_path, capsys):
+    base = {"--dataset": "digits", "--defense": "none", "--detector": "kd", "--train-attack": "fgsm",
+            "--test-attack": "fgsm", "--samples": "50", "--out": str(tmp_path / "o")}
+    base.update(dict(zip(args[::2], args[1::2])))
+    rc = main(["detect", *[x for kv in base.items() for x in kv], "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and says.lower() in err.lower(), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_detection_cells_resume_and_experiment_files_share_them(tmp_path, monkeypatch):
+    """An L2 C&W beside Linf FGSM in one run; rows are store cells, so an experiment file's
+    ``detect:`` job with the same keys reads them back and crafts nothing."""
+    import pandas as pd
+    import yaml
+
+    import robustbench_er.detection as detection
+
+    out = tmp_path / "o"
+    keys = {"dataset": "digits", "defenses": "none", "detectors": "kd", "train_attacks": "fgsm",
+            "test_attacks": "fgsm,cw(eps=0.2,steps=30,binary_search_steps=3)", "l2_unit": "rms",
+            "samples": 100, "set": ["epochs=2"], "out": str(out)}
+    assert main(["detect", "--dataset", "digits", "--defense", "none", "--detector", "kd", "--train-attack", "fgsm",
+                 "--test-attack", keys["test_attacks"], "--l2-unit", "rms", "--samples", "100",
+                 "--set", "epochs=2", "--out", str(out), "--quiet"]) == 0
+    first = pd.read_csv(out / "detection.csv")
+    cw = first[first["test_attack"].str.startswith("cw")].iloc[0]
+    assert cw["norm"] == "L2" and cw["eps"] == 0.2 and 0 < cw["successful"] < cw["N"]
+    assert set(first["test_attack"]) == {"fgsm", keys["test_attacks"].split(",", 1)[1], "adaptive pgd vs kd"}
+    (out / "detection.csv").unlink()
+
+    def no_crafting(*a, **k):
+        raise AssertionError("a stored detection cell was crafted again")
+
+    monkeypatch.setattr(detection, "craft", no_crafting)
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"name": "detect only", "detect": keys}))
+    assert main(["run", str(tmp_path / "exp.yaml"), "--quiet"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "detection.csv"), first)

@@ -92,19 +92,21 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from robustbench_er.registry import (
+        ANALYSES,
         ATTACKS,
         DEFENSES,
         DETECTORS,
+        list_analyses,
         list_attacks,
         list_datasets,
         list_defenses,
         list_detectors,
     )
 
-    kinds = [args.kind] if args.kind else ["defenses", "attacks", "detectors", "datasets"]
+    kinds = [args.kind] if args.kind else ["defenses", "attacks", "detectors", "analyses", "datasets"]
     for kind in kinds:
         names = {"defenses": list_defenses, "attacks": list_attacks, "datasets": list_datasets,
-                 "detectors": list_detectors}[kind](args.pattern or "*")
+                 "detectors": list_detectors, "analyses": list_analyses}[kind](args.pattern or "*")
         print(f"{kind}:")
         for n in names:
             extra = ""
@@ -116,6 +118,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 extra = f"  [presets: {', '.join(sorted(dcls.presets))}{'; randomized' if dcls.randomized else ''}]"
             elif kind == "detectors":
                 extra = "  [reads the embedding]" if DETECTORS.get(n).needs_embedding else ""
+            elif kind == "analyses":
+                acls = ANALYSES.get(n)
+                what = "the embedding" if acls.needs_embedding else "a model" if acls.needs_model else "the dataset"
+                extra = f"  [reads {what}]"
             doc = ""
             print(f"  {n}{extra}{doc}")
     return 0
@@ -242,6 +248,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyses of a dataset and of defended models: every input checked first, then run."""
+    from robustbench_er.analysis_job import plan_analysis, run_analysis_job
+
+    flags = {"dataset": args.dataset, "defenses": args.defense, "analyses": args.analysis, "seed": args.seed,
+             "profile": args.profile, "set": args.set, "data_dir": args.data_dir, "device": args.device,
+             "out": args.out}
+    plan = plan_analysis({k: v for k, v in flags.items() if v is not None}, cli=True)
+    paths = run_analysis_job(plan, _command(), progress=not args.quiet, say=lambda m: _print(m, args.quiet))
+    _print(str(paths["summary"]), args.quiet)
+    return 0
+
+
 def _dry_run(configs: Sequence[Any]) -> int:
     from robustbench_er.dryrun import plan_rows, render
 
@@ -286,6 +305,7 @@ def _command() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from robustbench_er.analysis_job import plan_analysis, run_analysis_job
     from robustbench_er.config import parse_experiment, read_experiment
     from robustbench_er.detection_job import plan_detection, run_detection_job
 
@@ -295,19 +315,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     configs = experiment_configs(raw, out=args.out, device=args.device, quiet=args.quiet, source=source)
     exp = parse_experiment(raw, out=args.out, device=args.device, source=source)
     plans = [plan_detection(job, where=where) for job, where in exp.detect]
+    analyses = [plan_analysis(job, where=where) for job, where in exp.analyze]
     if args.dry_run:
         for p in plans:
             print(f"detect: {p.data.spec.name}, {', '.join(p.defenses)} x {', '.join(p.setups[0].detectors)},"
                   f" trained on {', '.join(s.train_attack.display for s in p.setups)}, tested by"
                   f" {', '.join(a.display for a in p.setups[0].test_attacks)}, out {p.out}")
+        for a in analyses:
+            print(f"analyze: {a.data.spec.name}, {', '.join(a.labels)} on {', '.join(a.defenses) or 'the dataset'},"
+                  f" out {a.out}")
         return _dry_run(configs) if configs else 0
     for cfg in configs:
         _run_config(cfg, _command(), args.quiet)
+    for st in exp.studies:
+        _write_study(st, configs, args.quiet)
+    for a in analyses:
+        _print(str(run_analysis_job(a, _command(), progress=not args.quiet,
+                                    say=lambda m: _print(m, args.quiet))["summary"]), args.quiet)
     for p in plans:
         for path in run_detection_job(p, _command(), progress=not args.quiet,
                                       say=lambda m: _print(m, args.quiet)).values():
             _print(str(path), args.quiet)
     return 0
+
+
+def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> None:
+    from robustbench_er.data import SPECS
+    from robustbench_er.study import study_variants, write_study
+
+    variants = set(study_variants(study))
+    for cfg in configs:
+        if variants & set(cfg.defenses):
+            spec = SPECS.get(cfg.dataset)
+            headline = cfg.headline if cfg.headline is not None else spec.headline.get(cfg.norm) if spec else None
+            for p in write_study(cfg.out, study, headline, _command()).values():
+                _print(str(p), quiet)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -393,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
     sp = sub.add_parser("list", help="list registered defenses, attacks, datasets")
-    sp.add_argument("kind", nargs="?", choices=["defenses", "attacks", "detectors", "datasets"])
+    sp.add_argument("kind", nargs="?", choices=["defenses", "attacks", "detectors", "analyses", "datasets"])
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard pattern, e.g. 'er*'")
     sp.add_argument("--plugin", action="append")
     sp.add_argument("--quiet", action="store_true")
@@ -476,6 +518,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-adaptive", action="store_true", help="skip the adaptive PGD against each detector")
     common(sp, out_default="results/detection")
     sp.set_defaults(func=cmd_detect)
+
+    sp = sub.add_parser("analyze", help="analyses: intrinsic dimension, t-SNE, loss surfaces, sensitivity, ...")
+    data_args(sp)
+    sp.add_argument("--defense", default=None, help="NAME[,NAME...] (none for analyses of the dataset alone)")
+    sp.add_argument("--analysis", required=True, help="NAME or NAME(key=value,...), comma-separated;"
+                    " see `robustbench-er list analyses`")
+    common(sp, out_default="results/analyses")
+    sp.set_defaults(func=cmd_analyze)
 
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")

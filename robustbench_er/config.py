@@ -36,9 +36,9 @@ DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 #: experiment-level keys that are not part of a sweep
-#: keys a ``detect:`` job takes from the experiment file's top level unless it sets its own
+#: keys a ``detect:`` or ``analyze:`` job takes from the experiment file's top level unless it sets its own
 DETECT_SHARED = ("dataset", "data_dir", "profile", "seed", "device", "out")
-EXPERIMENT_KEYS = ("name", "description", "plugins", "sweeps", "detect")
+EXPERIMENT_KEYS = ("name", "description", "plugins", "sweeps", "detect", "analyze", "study")
 
 
 # ---- numbers, grids, attack strings -----------------------------------------------------------
@@ -102,11 +102,11 @@ def parse_eps(value: Any) -> list[float]:
 
 
 def split_top_level(text: str) -> list[str]:
-    """Split ``pgd,cw(confidence=9,steps=100)`` on the commas outside parentheses."""
+    """Split ``pgd,cw(confidence=9,steps=100)`` on the commas outside parentheses and brackets."""
     parts, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
+        depth += ch in "(["
+        depth -= ch in ")]"
         if ch == "," and depth == 0:
             parts.append(cur)
             cur = ""
@@ -394,8 +394,12 @@ class _ExperimentFile(BaseModel):
     sweeps: list[dict[str, Any]] | None = None
     #: detection jobs (the ``detect`` command's keys), after the sweeps
     detect: list[dict[str, Any]] | None = None
+    #: analysis jobs (the ``analyze`` command's keys), after the detection jobs
+    analyze: list[dict[str, Any]] | None = None
+    #: hyper-parameter studies: defense variants added to the sweep, plotted after it
+    study: list[dict[str, Any]] | None = None
 
-    @field_validator("detect", mode="before")
+    @field_validator("detect", "analyze", "study", mode="before")
     @classmethod
     def _detect(cls, v: Any) -> Any:
         if isinstance(v, Mapping):
@@ -547,7 +551,7 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
     return the SweepConfig; every error is a UserInputError naming the field."""
     from robustbench_er.checkpoints import read_meta
     from robustbench_er.data import load_dataset
-    from robustbench_er.registry import ATTACKS, DATASETS, DEFENSES
+    from robustbench_er.registry import ATTACKS, DATASETS, DEFENSES, get_defense, split_variant
     from robustbench_er.sweep import AttackConfig, SweepConfig, make_attack, validate_grid
 
     def at(*loc: Any) -> str:
@@ -558,7 +562,14 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         raise UserInputError(_sentence(at("defenses"), "name at least one defense"))
     if not spec.attacks:
         raise UserInputError(_sentence(at("attacks"), "name at least one attack"))
-    defense_classes = [_lookup(DEFENSES, "defense", d.name, at("defenses", i)) for i, d in enumerate(spec.defenses)]
+    defense_classes = []
+    for i, d in enumerate(spec.defenses):  # NAME or a variant NAME[key=value,...]
+        try:
+            base, _ = split_variant(d.name)
+        except UserInputError as exc:
+            raise _reraise(at("defenses", i), exc) from None
+        _lookup(DEFENSES, "defense", base, at("defenses", i))
+        defense_classes.append(get_defense(d.name))
     attack_classes = [_lookup(ATTACKS, "attack", a.name, at("attacks", i)) for i, a in enumerate(spec.attacks)]
     check_device(spec.device, at("device"))
     check_output_folder(spec.out, at("out"))
@@ -599,7 +610,7 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         loc = at("checkpoints", dname) if not cli else "--checkpoint"
         if dname not in names:
             raise UserInputError(f"{loc}: defense {dname!r} is not among the sweep's defenses.")
-        cls = DEFENSES.get(dname)
+        cls = get_defense(dname)
         try:
             meta = read_meta(Path(folder))
         except Exception as exc:
@@ -665,6 +676,10 @@ class Experiment:
     name: str | None = None
     #: detection jobs: (the job's keys with the file's shared ones filled in, where it is)
     detect: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: analysis jobs, the same way
+    analyze: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    #: hyper-parameter studies (robustbench_er.study), their variants already among the defenses
+    studies: list[dict[str, Any]] = field(default_factory=list)
 
     def configs(self, progress: bool = True) -> list[Any]:
         out = []
@@ -701,15 +716,25 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
         raise UserInputError(_error_sentence(exc, lambda top, kind: "", False, [])) from None
     base = {k: v for k, v in raw.items() if k not in EXPERIMENT_KEYS}
     given = {k: v for k, v in (("out", out), ("device", device)) if v is not None}
-    detect = []
-    for i, job in enumerate(exp.detect or []):
-        shared = {k: base[k] for k in DETECT_SHARED if k in base}
-        if isinstance(base.get("defenses"), list) and all(isinstance(d, str) for d in base["defenses"]):
-            shared["defenses"] = base["defenses"]
-        detect.append(({**shared, **job, **given}, f"detect[{i}]." if len(exp.detect or []) > 1 else "detect."))
+    if exp.study:
+        from robustbench_er.study import study_variants
+
+        defenses = base.get("defenses") or []
+        defenses = [defenses] if isinstance(defenses, (str, Mapping)) else list(defenses)
+        for i, st in enumerate(exp.study):
+            added = study_variants(st, f"study[{i}]" if len(exp.study) > 1 else "study")
+            defenses += [v for v in added if v not in defenses]
+        base["defenses"] = defenses
+    jobs: dict[str, list[tuple[dict[str, Any], str]]] = {"detect": [], "analyze": []}
+    for section, items in (("detect", exp.detect or []), ("analyze", exp.analyze or [])):
+        for i, job in enumerate(items):
+            shared = {k: base[k] for k in DETECT_SHARED if k in base}
+            if isinstance(base.get("defenses"), list) and all(isinstance(d, str) for d in base["defenses"]):
+                shared["defenses"] = base["defenses"]
+            jobs[section].append(({**shared, **job, **given}, f"{section}[{i}]." if len(items) > 1 else f"{section}."))
     specs, wheres = [], []
-    if exp.detect and "attacks" not in base and not exp.sweeps:  # a detection-only experiment
-        return Experiment(exp.plugins, [], [], exp.name, detect)
+    if (exp.detect or exp.analyze) and "attacks" not in base and not exp.sweeps:  # no sweep in this experiment
+        return Experiment(exp.plugins, [], [], exp.name, jobs["detect"], jobs["analyze"], list(exp.study or []))
     sweeps = exp.sweeps if exp.sweeps else [{}]
     for i, extra in enumerate(sweeps):
         where = f"sweeps[{i}]" if exp.sweeps else ""
@@ -721,7 +746,7 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
         specs.append(_validate_spec(merged, prefix_for, cli=False))
         # semantic errors in keys the sweep does not set are named at the top level
         wheres.append(where)
-    return Experiment(exp.plugins, specs, wheres, exp.name, detect)
+    return Experiment(exp.plugins, specs, wheres, exp.name, jobs["detect"], jobs["analyze"], list(exp.study or []))
 
 
 def read_experiment(path: str | Path) -> dict[str, Any]:

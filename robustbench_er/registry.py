@@ -122,6 +122,12 @@ def _validate_detector(name: str, obj: Any) -> None:
     validate_detector_class(name, obj)
 
 
+def _validate_analysis(name: str, obj: Any) -> None:
+    from robustbench_er.analysis import validate_analysis_class
+
+    validate_analysis_class(name, obj)
+
+
 def _validate_dataset(name: str, obj: Any) -> None:
     if not callable(obj):
         raise TypeError(f"Dataset {name!r} must be registered with a loader function.")
@@ -131,6 +137,7 @@ DEFENSES: Registry[Any] = Registry("defense", "robustbench_er.defenses", _valida
 ATTACKS: Registry[Any] = Registry("attack", "robustbench_er.attacks", _validate_attack)
 DATASETS: Registry[Any] = Registry("dataset", "robustbench_er.datasets", _validate_dataset)
 DETECTORS: Registry[Any] = Registry("detector", "robustbench_er.detectors", _validate_detector)
+ANALYSES: Registry[Any] = Registry("analysis", "robustbench_er.analyses", _validate_analysis)
 
 
 def _decorator(reg: Registry[Any], name: str) -> Callable[[T], T]:
@@ -166,13 +173,83 @@ def list_detectors(pattern: str = "*") -> list[str]:
     return DETECTORS.names(pattern)
 
 
+def register_analysis(name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register_analysis("sparsity")`` on a :class:`~robustbench_er.analysis.Analysis`."""
+    return _decorator(ANALYSES, name)
+
+
+def get_analysis(name: str) -> Any:
+    return ANALYSES.get(name)
+
+
+def list_analyses(pattern: str = "*") -> list[str]:
+    return ANALYSES.names(pattern)
+
+
 def register_dataset(name: str) -> Callable[[T], T]:
     """Function decorator for a dataset loader ``(data_dir, download) -> Dataset``."""
     return _decorator(DATASETS, name)
 
 
+def split_variant(name: str) -> tuple[str, dict[str, Any]]:
+    """``er-classifier[embed_dim=8,prior=cauchy]`` -> ``("er-classifier", {"embed_dim": 8, "prior": "cauchy"})``;
+    a plain name -> ``(name, {})``. Values are read as YAML (``8`` an int, ``0.1`` a float)."""
+    import re
+
+    from robustbench_er.config import split_top_level, yaml_value
+
+    m = re.fullmatch(r"\s*([\w.-]+)\s*\[(.*)\]\s*", name)
+    if not m:
+        if "[" in name or "]" in name:
+            raise UserInputError(f"Cannot read the defense {name!r}; write a variant as NAME[key=value,...].")
+        return name, {}
+    values: dict[str, Any] = {}
+    for item in split_top_level(m.group(2)):
+        if "=" not in item:
+            raise UserInputError(f"Hyper-parameter {item!r} of the defense {name!r} must be key=value.")
+        k, v = (t.strip() for t in item.split("=", 1))
+        try:
+            values[k] = yaml_value(v, f"hyper-parameter {k!r}")
+        except ValueError as exc:
+            raise UserInputError(f"Defense {name!r}: {exc}.") from None
+    if not values:
+        raise UserInputError(f"The defense variant {name!r} sets no hyper-parameter.")
+    return m.group(1), values
+
+
+_VARIANTS: dict[str, Any] = {}
+
+
+def variant_label(base: str, values: dict[str, Any]) -> str:
+    """The canonical name of a variant in leaderboards: ``er-classifier[embed_dim=8]``."""
+    return f"{base}[{','.join(f'{k}={v}' for k, v in values.items())}]"
+
+
 def get_defense(name: str) -> Any:
-    return DEFENSES.get(name)
+    """The defense class registered as ``name``. A variant ``NAME[key=value,...]`` gives a
+    subclass whose presets carry those hyper-parameters (later overrides are applied on top of
+    them; the variant's own values win) and whose ``label`` names it in leaderboards; its
+    checkpoints are the base defense's with those hyper-parameters, shared with any other
+    route to the same values."""
+    base, values = split_variant(name)
+    cls = DEFENSES.get(base)
+    if not values:
+        return cls
+    label = variant_label(cls.name, values)
+    if label not in _VARIANTS:
+        def hparams(sub: Any, dataset: str, profile: str = "quick", overrides: dict[str, Any] | None = None,
+                    _values: dict[str, Any] = values) -> Any:
+            return cls.hparams.__func__(sub, dataset, profile, {**(overrides or {}), **_values})
+
+        _VARIANTS[label] = type(cls.__name__ + "Variant", (cls,),
+                                {"label": label, "variant": dict(values), "hparams": classmethod(hparams)})
+    return _VARIANTS[label]
+
+
+def defense_label(name: str) -> str:
+    """How a defense appears in leaderboards: its registered name, or its variant's label."""
+    cls = get_defense(name)
+    return str(getattr(cls, "label", None) or cls.name)
 
 
 def get_attack(name: str) -> Any:
@@ -216,9 +293,9 @@ def load_plugin_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UserInputError(f"Plugin file {str(path)!r} does not exist.")
-    for reg in (DEFENSES, ATTACKS, DATASETS, DETECTORS):
+    for reg in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):
         reg.discover()
-    before = {r.kind: set(r._items) for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS)}
+    before = {r.kind: set(r._items) for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES)}
     mod_name = f"robustbench_er_user_plugin_{p.stem}_{abs(hash(str(p.resolve()))) % 10**8}"
     if mod_name in sys.modules:
         return list(getattr(sys.modules[mod_name], "__registered__", []))
@@ -231,12 +308,12 @@ def load_plugin_file(path: str | Path) -> list[str]:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as exc:  # any failure of the user's code is bad input, never a traceback
         del sys.modules[mod_name]
-        for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS):  # forget what the file registered before it failed
+        for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):  # forget what the file registered before it failed
             for n in set(r._items) - before[r.kind]:
                 r.unregister(n)
         raise UserInputError(f"Plugin file {str(path)!r} failed to load: {_one_line(exc)}.") from exc
     added = []
-    for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS):
+    for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):
         added += [f"{r.kind}:{n}" for n in set(r._items) - before[r.kind]]
     if not added:
         del sys.modules[mod_name]

@@ -38,7 +38,7 @@ from robustbench_er.checkpoints import spec_hash
 from robustbench_er.data import Dataset, load_dataset
 from robustbench_er.defended import DefendedModel, check_model_output
 from robustbench_er.errors import UserInputError
-from robustbench_er.registry import get_attack, get_defense
+from robustbench_er.registry import defense_label, get_attack, get_defense
 from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 from robustbench_er.trained import Trained, get_or_train
 
@@ -306,7 +306,7 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
             # a random prefix of the fixed permutation, processed in index order
             cids = np.sort(ids[: a.samples] if a.samples else ids)
             search = cfg.search if attack.kind == "fixed" else "once"
-            spec = {"dataset": data.spec.name, "checkpoint": t.identity, "defense": get_defense(d).name,
+            spec: dict[str, Any] = {"dataset": data.spec.name, "checkpoint": t.identity, "defense": defense_label(d),
                     "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
                     "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
                     "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
@@ -317,7 +317,7 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
                     "retry": bool(attack.search_retry) if search == "bisect" else False}
             if attack.single_step:  # only when set, so other cells keep their ids
                 spec["single_step"] = True
-            cell = Cell(spec_hash(spec), spec, data, get_defense(d).name, t, attack, a, cgrid,
+            cell = Cell(spec_hash(spec), spec, data, defense_label(d), t, attack, a, cgrid,
                         cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
             cells.append(cell)
             if cfg.mode == "cascade":

@@ -27,12 +27,12 @@ demo: install
 	$(BIN)/robustbench-er quickstart --out $(OUT)
 
 test: install-dev
-	$(BIN)/ruff check robustbench_er defenses attacks detectors tests benchmarks
+	$(BIN)/ruff check robustbench_er defenses attacks detectors analyses tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check robustbench_er defenses attacks detectors tests benchmarks
+	$(BIN)/ruff check robustbench_er defenses attacks detectors analyses tests benchmarks
 
 bench: install
 	$(BIN)/python benchmarks/sweep_efficiency.py

@@ -113,10 +113,14 @@ class Analysis:
         ``needs_model`` unless a parameter decides (intrinsic dimension of inputs or of codes)."""
         return self.needs_model
 
+    def uses_embedding(self) -> bool:
+        """Whether this analysis (with these parameters) reads ``model.embed``."""
+        return self.needs_embedding
+
     def check_model(self, model: DefendedModel | None, defense: str = "") -> None:
         if self.uses_model() and model is None:
             raise UserInputError(f"Analysis {self.name!r} needs a defense (--defense).")
-        if self.needs_embedding and model is not None and not model.has_embed:
+        if self.uses_embedding() and model is not None and not model.has_embed:
             raise UserInputError(f"Analysis {self.name!r} reads the model's embedding, which {defense or 'this defense'!r}"
                                  " lacks (no embed() or features() on its network).")
 

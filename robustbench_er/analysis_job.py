@@ -22,8 +22,8 @@ from robustbench_er.errors import UserInputError
 ANALYZE_KEYS = ("dataset", "defenses", "analyses", "profile", "seed", "set", "data_dir", "device", "out")
 CLI_FLAGS = {"defenses": "--defense", "analyses": "--analysis", "set": "--set"}
 
-#: the name under which an analysis of the dataset alone is filed
-DATASET_ONLY = "dataset"
+#: stands for "no defense" in a job's targets: the analysis of the dataset alone
+DATASET_ONLY = ""
 
 
 @dataclass
@@ -96,14 +96,11 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
         net = cls().build(data.spec, hp)
         has_embed = hasattr(net, "embed") or hasattr(net, "features")
         for a in analyses:
-            if a.needs_embedding and not has_embed:
+            if a.uses_embedding() and not has_embed:
                 raise UserInputError(f"{at('analyses')}: {a.name} reads the model's embedding, which {d!r} lacks.")
     for a in analyses:
         if a.uses_model() and not defenses:
             raise UserInputError(f"{at('analyses')}: {a.name} analyses a model; name one with {at('defenses')}.")
-        if getattr(a.params, "samples", 0) > len(data.y_test):
-            raise UserInputError(f"{at('analyses')}: {a.name} asks for {a.params.samples} samples; {data.spec.name}"
-                                 f" has {len(data.y_test)} test points.")
     out = raw.get("out") or "results/analyses"
     check_output_folder(out, at("out"))
     return AnalysisPlan(data, defenses, analyses, labels, profile, seed, overrides, device, Path(out))
@@ -137,6 +134,8 @@ def run_analysis_job(plan: AnalysisPlan, command: str, progress: bool = True,
                     a.check_model(model, d)
                 identity = {**a.identity(), "dataset": plan.data.spec.name, "checkpoint": ckpt}
                 key = result_key(identity)
+                name = d or plan.data.spec.name  # an analysis of the dataset alone is filed under its name
+                identity.update(defense=name, label=label)  # for the summary, not part of the key
                 got = store.analysis_result(key)
                 if got is not None:
                     res, how = AnalysisResult.from_json(got), "stored"
@@ -145,12 +144,13 @@ def run_analysis_job(plan: AnalysisPlan, command: str, progress: bool = True,
                     res = a.run(AnalysisContext(plan.data, model, d, progress))
                     store.put_analysis_result(key, identity, res.to_json())
                     how = f"{time.perf_counter() - t0:.1f} s"
-                results.append((a, label, d, res))
+                results.append((a, label, name, res))
                 summary = ", ".join(f"{k} {v:.4g}" for k, v in res.summary.items())
-                say(f"[{label} / {d}] {summary} ({how})")
+                say(f"[{label} / {name}] {summary} ({how})")
+        everything = store.analyses_frame()
     finally:
         store.close()
-    return write_analyses(results, plan.out, command)
+    return write_analyses(results, plan.out, command, everything)
 
 
 def _slug(text: str) -> str:
@@ -159,8 +159,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "x"
 
 
-def write_analyses(results: list[tuple[Any, str, str, Any]], out: Path, command: str) -> dict[str, Path]:
-    """Per (analysis, defense): a CSV of its rows and its PNG; over all: summary.csv and summary.md."""
+def write_analyses(results: list[tuple[Any, str, str, Any]], out: Path, command: str,
+                   everything: Any = None) -> dict[str, Path]:
+    """Per (analysis, defense) of this job: a CSV of its rows and its PNG; summary.csv and
+    summary.md over ``everything`` in the store (every job that wrote to ``out``)."""
     import pandas as pd
 
     from robustbench_er.files import atomic_path, write_text_atomic
@@ -176,21 +178,24 @@ def write_analyses(results: list[tuple[Any, str, str, Any]], out: Path, command:
             pd.DataFrame(res.rows).to_csv(tmp, index=False, float_format="%.6g")
         a.plot(res, png, title=f"{label}: {d} on {out.name}")
         paths[f"{label}/{d}"] = png
-        for k, v in res.summary.items():
-            summary.append({"analysis": label, "defense": d, "quantity": k, "value": v})
+        if everything is None:
+            for k, v in res.summary.items():
+                summary.append({"analysis": label, "dataset": "", "defense": d, "quantity": k, "value": v})
+    if everything is not None:
+        summary = everything.to_dict("records")
     root.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(summary, columns=["analysis", "defense", "quantity", "value"])
+    df = pd.DataFrame(summary, columns=["analysis", "dataset", "defense", "quantity", "value"])
     with atomic_path(root / "summary.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     lines = ["# Analyses", "", f"Made by `{command}`.", "",
              "Each analysis's numbers per defense; its rows are in `<analysis>/<defense>.csv` and its plot"
              " in `<analysis>/<defense>.png`.", ""]
     for label, part in df.groupby("analysis", sort=False):
-        table = part.pivot_table(index="defense", columns="quantity", values="value", sort=False)
-        lines += [f"## {label}", "", "| defense | " + " | ".join(table.columns) + " |",
-                  "|---|" + "---|" * len(table.columns)]
-        for defense, r in table.iterrows():
-            lines.append(f"| {defense} | " + " | ".join(f"{v:.4g}" for v in r.values) + " |")
+        table = part.pivot_table(index=["dataset", "defense"], columns="quantity", values="value", sort=False)
+        lines += [f"## {label}", "", "| dataset | defense | " + " | ".join(table.columns) + " |",
+                  "|---|---|" + "---|" * len(table.columns)]
+        for (dataset, defense), r in table.iterrows():
+            lines.append(f"| {dataset} | {defense} | " + " | ".join(f"{v:.4g}" for v in r.values) + " |")
         lines.append("")
     write_text_atomic(root / "summary.md", "\n".join(lines))
     paths["summary"] = root / "summary.md"

@@ -716,6 +716,13 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
         raise UserInputError(_error_sentence(exc, lambda top, kind: "", False, [])) from None
     base = {k: v for k, v in raw.items() if k not in EXPERIMENT_KEYS}
     given = {k: v for k, v in (("out", out), ("device", device)) if v is not None}
+    jobs: dict[str, list[tuple[dict[str, Any], str]]] = {"detect": [], "analyze": []}
+    for section, items in (("detect", exp.detect or []), ("analyze", exp.analyze or [])):
+        for i, job in enumerate(items):
+            shared = {k: base[k] for k in DETECT_SHARED if k in base}
+            if isinstance(base.get("defenses"), list) and all(isinstance(d, str) for d in base["defenses"]):
+                shared["defenses"] = base["defenses"]
+            jobs[section].append(({**shared, **job, **given}, f"{section}[{i}]." if len(items) > 1 else f"{section}."))
     if exp.study:
         from robustbench_er.study import study_variants
 
@@ -725,13 +732,6 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
             added = study_variants(st, f"study[{i}]" if len(exp.study) > 1 else "study")
             defenses += [v for v in added if v not in defenses]
         base["defenses"] = defenses
-    jobs: dict[str, list[tuple[dict[str, Any], str]]] = {"detect": [], "analyze": []}
-    for section, items in (("detect", exp.detect or []), ("analyze", exp.analyze or [])):
-        for i, job in enumerate(items):
-            shared = {k: base[k] for k in DETECT_SHARED if k in base}
-            if isinstance(base.get("defenses"), list) and all(isinstance(d, str) for d in base["defenses"]):
-                shared["defenses"] = base["defenses"]
-            jobs[section].append(({**shared, **job, **given}, f"{section}[{i}]." if len(items) > 1 else f"{section}."))
     specs, wheres = [], []
     if (exp.detect or exp.analyze) and "attacks" not in base and not exp.sweeps:  # no sweep in this experiment
         return Experiment(exp.plugins, [], [], exp.name, jobs["detect"], jobs["analyze"], list(exp.study or []))

@@ -270,6 +270,17 @@ class Store:
         r = self.conn.execute("SELECT result FROM analyses WHERE key=?", (key,)).fetchone()
         return None if r is None else json.loads(r[0])
 
+    def analyses_frame(self) -> pd.DataFrame:
+        """Every stored analysis result's summary numbers, long form: analysis (its label),
+        dataset, defense, quantity, value."""
+        rows = []
+        for ident, res in self.conn.execute("SELECT identity, result FROM analyses ORDER BY created"):
+            i, r = json.loads(ident), json.loads(res)
+            for k, v in r["summary"].items():
+                rows.append({"analysis": i.get("label", i.get("analysis")), "dataset": i.get("dataset", ""),
+                             "defense": i.get("defense", ""), "quantity": k, "value": v})
+        return pd.DataFrame(rows, columns=["analysis", "dataset", "defense", "quantity", "value"])
+
     def put_analysis_result(self, key: str, identity: dict[str, Any], result: dict[str, Any]) -> None:
         with self.transaction() as c:
             c.execute("INSERT OR REPLACE INTO analyses (key, identity, result, created) VALUES (?,?,?,?)",

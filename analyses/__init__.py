@@ -1,0 +1,1 @@
+"""Built-in analysis plugins, one file each (entry-point group ``robustbench_er.analyses``)."""

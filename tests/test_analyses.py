@@ -1,0 +1,152 @@
+"""Analysis plugins: each runs on a tiny model (or the dataset alone) and plots; the intrinsic
+dimension of a known linear subspace, the sparsity counts of a hand-made embedding and the
+sensitivity's zero at eps 0 are right; bad parameters are refused with one sentence."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import analyses.gradient_landscape
+import analyses.intrinsic_dim
+import analyses.loss_surface
+import analyses.sensitivity
+import analyses.sparsity
+import analyses.tsne  # noqa: F401  (the imports register the plugins)
+from analyses.intrinsic_dim import intrinsic_dimension
+from analyses.sparsity import sparsity_of
+from robustbench_er.analysis import AnalysisContext, AnalysisResult
+from robustbench_er.errors import UserInputError
+from robustbench_er.registry import get_analysis, list_analyses
+
+OURS = {"intrinsic-dim", "tsne", "loss-surface", "sensitivity", "sparsity", "gradient-landscape"}
+
+#: small, CPU-cheap parameters per analysis (digits: 359 test points, 8x8 images, 64-unit embedding)
+SMALL = {
+    "intrinsic-dim": {"samples": 200},
+    "tsne": {"samples": 40, "steps": 5, "perplexity": 10.0},
+    "loss-surface": {"samples": 4, "grid": 5},
+    "sensitivity": {"samples": 40, "eps": "0:0.2:0.1", "steps": 5},
+    "sparsity": {"samples": 80},
+    "gradient-landscape": {"samples": 60},
+}
+
+
+def expected_rows(name: str, a, res: AnalysisResult, classes: int) -> int | None:
+    p = a.params
+    if name == "intrinsic-dim":
+        return p.k2 - p.k1 + 1
+    if name == "tsne":
+        return 2 * p.samples
+    if name == "loss-surface":
+        return p.grid * p.grid
+    if name == "sensitivity":
+        return len(a.eps_list)
+    if name == "sparsity":
+        return min(int(res.summary["points"]), int(res.summary["total_units"]))
+    if name == "gradient-landscape":
+        return classes * classes  # 60 points cover the 10 digits
+    return None
+
+
+def test_our_analyses_are_registered():
+    assert set(list_analyses()) >= OURS
+
+
+@pytest.mark.parametrize("name", list_analyses())
+def test_analysis_runs_and_plots(name, none_digits, digits, tmp_path):
+    a = get_analysis(name)(**SMALL.get(name, {"samples": 30}))
+    model = none_digits.model.eval() if a.uses_model() else None
+    a.check_model(model, "none")
+    res = a.run(AnalysisContext(digits, model, "none"))
+    assert res.summary and all(isinstance(v, float) and math.isfinite(v) for v in res.summary.values()), res.summary
+    assert res.rows and all(isinstance(r, dict) for r in res.rows)
+    assert all(set(r) == set(res.rows[0]) for r in res.rows)  # one CSV header
+    assert all(isinstance(v, (int, float, str, bool)) for r in res.rows for v in r.values())  # flat
+    n = expected_rows(name, a, res, digits.spec.classes)
+    if n is not None:
+        assert len(res.rows) == n
+    back = AnalysisResult.from_json(json.loads(json.dumps(res.to_json())))  # JSON-able, as the store keeps it
+    png = tmp_path / f"{name}.png"
+    a.plot(back, png, title=name)
+    assert png.stat().st_size > 2000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_intrinsic_dimension_of_a_linear_subspace():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 5)) @ rng.standard_normal((5, 40))  # a 5-d linear subspace of R^40
+    assert intrinsic_dimension(x) == pytest.approx(5, rel=0.2)
+    # the analysis on a dataset of those points (1 x 5 x 8 "images"), with the scikit-dimension cross-check
+    data = SimpleNamespace(x_test=torch.tensor(x, dtype=torch.float32).view(-1, 1, 5, 8),
+                           y_test=torch.zeros(1000, dtype=torch.int64), sample_ids=lambda n: np.arange(n))
+    res = get_analysis("intrinsic-dim")().run(AnalysisContext(data, None, ""))
+    assert res.summary["id_mle"] == pytest.approx(5, rel=0.2)
+    assert res.summary["id_levina"] == pytest.approx(5, rel=0.2)
+    assert res.summary["points"] == 1000 and res.summary["ambient_dim"] == 40
+    # scikit-dimension (a dependency) computes the same estimator
+    assert res.summary["id_skdim"] == pytest.approx(res.summary["id_mle"], rel=1e-4)
+
+
+def test_intrinsic_dimension_of_embeddings_needs_a_model(none_digits, digits):
+    a = get_analysis("intrinsic-dim")(samples=100, space="embedding")
+    assert a.uses_model() and not get_analysis("intrinsic-dim")().uses_model()
+    with pytest.raises(UserInputError, match="needs a defense"):
+        a.check_model(None)
+    res = a.run(AnalysisContext(digits, none_digits.model.eval(), "none"))
+    assert res.summary["ambient_dim"] == 64 and 1 < res.summary["id_mle"] < 64
+
+
+def test_sparsity_of_a_hand_made_embedding():
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((2, 7))
+    z = np.zeros((300, 10))
+    z[:, [0, 1, 3, 4, 6, 8, 9]] = rng.standard_normal((300, 2)) @ basis  # rank 2 on 7 units
+    z[:, [2, 5, 7]] = 1e-8 * rng.standard_normal((300, 3))  # "zero" units: below tol everywhere
+    s = sparsity_of(z, tol=1e-6, variance=0.99)
+    assert s["units"] == 7 and s["total_units"] == 10 and s["pca_dims"] == 2
+    assert s["cumulative"][0] < 0.99 <= s["cumulative"][1]
+    assert sparsity_of(z, tol=0.0)["units"] == 10
+    assert sparsity_of(np.zeros((5, 4)))["units"] == 0 and sparsity_of(np.zeros((5, 4)))["pca_dims"] == 0
+
+
+def test_sensitivity_is_zero_at_eps_0_and_grows(none_digits, digits):
+    a = get_analysis("sensitivity")(samples=60, eps="0,0.05,0.15,0.3", steps=10)
+    res = a.run(AnalysisContext(digits, none_digits.model.eval(), "none"))
+    means = [r["mean"] for r in res.rows]
+    assert [r["eps"] for r in res.rows] == [0.0, 0.05, 0.15, 0.3]
+    assert means[0] == 0.0 and res.rows[0]["std"] == 0.0
+    assert all(b > a_ for a_, b in zip(means, means[1:])), means
+    assert res.summary["ratio_max_eps"] == means[-1] and res.summary["ratio_auc"] > 0
+
+
+def test_loss_rises_faster_along_the_gradient_sign(none_digits, digits):
+    res = get_analysis("loss-surface")(samples=8, grid=7, eps_max=0.3).run(
+        AnalysisContext(digits, none_digits.model.eval(), "none"))
+    s = res.summary
+    assert s["rise_gradient"] > s["rise_random"] and s["loss_max"] >= s["loss_center"]
+
+
+@pytest.mark.parametrize("name, params, says", [
+    ("tsne", {"nope": 1}, "no parameter 'nope'"),
+    ("sparsity", {"tol": "small"}, "'tol'"),
+    ("intrinsic-dim", {"space": "pixels"}, "space"),
+    ("intrinsic-dim", {"k1": 2}, "k1"),
+    ("intrinsic-dim", {"samples": 10}, "samples"),
+    ("tsne", {"eps": -0.1}, "eps"),
+    ("tsne", {"perplexity": 0.0}, "perplexity"),
+    ("loss-surface", {"grid": 20}, "grid"),
+    ("loss-surface", {"eps_max": 2.0}, "eps_max"),
+    ("sensitivity", {"eps": "0:0.3:-1"}, "eps"),
+    ("sensitivity", {"eps": "0,1.5"}, "eps"),
+    ("sparsity", {"variance": 1.5}, "variance"),
+    ("gradient-landscape", {"samples": 1}, "samples"),
+])
+def test_bad_parameters_are_refused(name, params, says):
+    with pytest.raises(UserInputError, match=says) as info:
+        get_analysis(name)(**params)
+    assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")  # one sentence

@@ -170,7 +170,7 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
             "norm": args.norm, "samples": args.samples, "profile": args.profile, "seed": args.seed,
             "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
             "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
-            "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
+            "table_eps": args.table_eps, "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
             "executor": ({"kind": args.executor, "address": args.ray_address} if args.executor or args.ray_address
                          else None)}
 
@@ -361,7 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserInputError(f"No results store in {str(out)!r}; run a sweep with --out {args.out} first.")
     store = Store(out)
     try:
-        paths = write_reports(store, out, headline=_headline_arg(args.headline))
+        paths = write_reports(store, out, headline=_headline_arg(args.headline), table_eps=_floats_or_none(args.table_eps))
     finally:
         store.close()
     if not paths:
@@ -369,6 +369,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     for p in paths.values():
         print(p)
     return 0
+
+
+def _floats_or_none(text: str | None) -> list[float] | None:
+    from robustbench_er.config import parse_eps
+
+    if not text:
+        return None
+    try:
+        return parse_eps(text)
+    except ValueError as exc:
+        raise UserInputError(f"--table-eps: {exc}.") from exc
 
 
 def _headline_arg(text: str | None) -> Any:
@@ -469,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eot", default=None,
                     help=f"passes for EOT and majority votes on randomized defenses (default: {default['eot']})")
     sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard (a point of the grid)")
+    sp.add_argument("--table-eps", default=None, help="epsilons of a per-eps table in leaderboard.md, defenses as"
+                    " rows (e.g. 0,0.1,0.2,0.3,0.4; grid points)")
     sp.add_argument("--mode", default=None, help=f"{' or '.join(MODES)}: several attacks as a cascade on the"
                     f" survivors, or each on every point (default: {default['mode']})")
     sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon attacks walk"
@@ -536,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="rewrite the reports from a results store")
     sp.add_argument("--out", default="results")
     sp.add_argument("--headline", default=None, help="headline eps: 0.3 for every norm, or Linf=0.3,L2=2")
+    sp.add_argument("--table-eps", default=None, help="epsilons of the per-eps table (default: the last sweep's)")
     sp.add_argument("--quiet", action="store_true")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.add_argument("--plugin", action="append")

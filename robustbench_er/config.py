@@ -273,6 +273,8 @@ class SweepSpec(_Model):
     batch_size: int = Field(default=128, ge=1)
     eot: int = Field(default=10, ge=1)
     headline: float | None = Field(default=None, ge=0)
+    #: epsilons of the per-eps table in the Markdown leaderboard (seed 002 Table 1's layout)
+    table_eps: list[float] | None = None
     mode: Literal["cascade", "independent"] = "cascade"
     search: Literal["bisect", "ascending"] = "bisect"
     l2_unit: Literal["l2", "rms"] = "l2"
@@ -329,6 +331,11 @@ class SweepSpec(_Model):
     @classmethod
     def _eps(cls, v: Any) -> Any:
         return _eps_or_error(v)
+
+    @field_validator("table_eps", mode="before")
+    @classmethod
+    def _table_eps(cls, v: Any) -> Any:
+        return None if v is None else _eps_or_error(v)
 
     @field_validator("headline", mode="before")
     @classmethod
@@ -436,6 +443,7 @@ _WANTS = {
     "eot": "an integer >= 1",
     "seed": "an integer",
     "headline": "a number >= 0 (e.g. 0.3 or 8/255)",
+    "table_eps": "epsilons, e.g. 0,0.1,0.2 or 0:0.4:0.1",
     "profile": "quick or paper",
     "mode": " or ".join(MODES),
     "search": " or ".join(SEARCHES),
@@ -643,10 +651,17 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
             raise UserInputError(f"{at('headline')}: {hl} is not on the sweep's epsilon grid"
                                  f" (the nearest grid point is {near}).")
 
+    for e in spec.table_eps or []:
+        points = set(grid).union(*(a.eps or [] for a in attacks))
+        if not any(abs(e - p) <= 1e-9 for p in points):
+            near = min(points, key=lambda p: abs(p - e))
+            raise UserInputError(f"{at('table_eps')}: {e} is not on the sweep's epsilon grid"
+                                 f" (the nearest grid point is {near}).")
+
     return SweepConfig(
         dataset=spec.dataset, defenses=names, attacks=attacks, eps=grid, norm=spec.norm, samples=spec.samples,
         profile=spec.profile, seed=spec.seed, out=Path(spec.out), data_dir=spec.data_dir, download=spec.download,
-        device=spec.device, batch_size=spec.batch_size, eot=spec.eot, headline=spec.headline,
+        device=spec.device, batch_size=spec.batch_size, eot=spec.eot, headline=spec.headline, table_eps=spec.table_eps,
         defense_overrides=overrides, checkpoints=dict(spec.checkpoints), progress=progress,
         mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit, executor=spec.executor.model_dump(),
     )

@@ -50,6 +50,38 @@ def _headline_for(headline: Headline, norm: str) -> float | None:
     return headline
 
 
+def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
+    """The last per-eps table each norm's sweeps asked for (kept in the runs table)."""
+    from robustbench_er.attack import canonical_norm
+
+    out: dict[str, list[float]] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            d = json.loads(cfg)
+            value = d.get("table_eps_scaled")
+            if value:
+                out[canonical_norm(str(d.get("norm", "Linf")))] = [float(v) for v in value]
+        except (ValueError, TypeError, UserInputError):
+            continue
+    return out
+
+
+def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float]) -> tuple[list[str], list[list[str]]]:
+    """Robust accuracy (worst case over the attacks, %) of each defense at each of ``eps``,
+    defenses as rows, as seed 002's Table 1 prints them; "–" where an eps is not on the grid."""
+    c = t.curves
+    c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == WORST)]
+    head = ["defense"] + [pretty_eps(e) for e in eps]
+    rows = []
+    for (defense, _ckpt), g in c.groupby(["defense", "checkpoint"], sort=False):
+        cells = [str(defense)]
+        for e in eps:
+            hit = g[((g["eps"] - e).abs() < EPS_TOL) | ((g["eps_in_unit"] - e).abs() < EPS_TOL)]
+            cells.append(_fmt(float(hit["robust_acc"].iloc[0])) if len(hit) else "–")
+        rows.append(cells)
+    return head, rows
+
+
 def _headlines_from_runs(store: Store) -> dict[str, float]:
     """The last headline each norm's sweeps asked for (kept in the runs table)."""
     from robustbench_er.attack import canonical_norm
@@ -333,12 +365,19 @@ LEGEND = ("Accuracies in %, on the evaluated test points. Robust accuracy = per-
           " ADBD = mean distance of the adversarial examples a minimization attack found.")
 
 
-def leaderboard_markdown(t: Tables, prov: dict[str, Any]) -> str:
+def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, list[float]] | None = None) -> str:
     lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "", LEGEND, ""]
     for sec in leaderboard_sections(t):
         lines += [f"## {sec.title}", "", "| " + " | ".join(sec.head) + " |", "|" + "---|" * len(sec.head)]
         lines += ["| " + " | ".join(cells) + " |" for cells in sec.rows]
         lines += [""] + ([f"* {n}" for n in sec.notes] + [""] if sec.notes else [])
+        dataset, norm = sec.title.split(", ", 1)
+        if table_eps and table_eps.get(norm):
+            head, rows = per_eps_table(t, dataset, norm, table_eps[norm])
+            lines += [f"### {sec.title}: robust accuracy at chosen epsilons", "",
+                      "Worst case over the attacks at each eps (%), on each defense's evaluated points.", "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
     return "\n".join(lines)
 
 
@@ -473,10 +512,16 @@ def plot_auc(t: Tables, out: Path) -> list[Path]:
     return paths
 
 
-def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[str, Path]:
-    """Write every report file under ``out``; return their paths by kind."""
+def write_reports(store: Store, out: Path, headline: Headline = None,
+                  table_eps: list[float] | dict[str, list[float]] | None = None) -> dict[str, Path]:
+    """Write every report file under ``out``; return their paths by kind. ``table_eps`` (every
+    norm, or per norm; default: what the sweeps asked for) adds the per-eps tables."""
     out = Path(out)
     t = build_tables(store, headline)
+    if table_eps is None:
+        table_eps = _table_eps_from_runs(store)
+    elif not isinstance(table_eps, dict):
+        table_eps = {n: list(table_eps) for n in set(t.curves["norm"])} if not t.curves.empty else {}
     curves = t.curves
     prov = _provenance(store)
     paths: dict[str, Path] = {}
@@ -488,7 +533,7 @@ def write_reports(store: Store, out: Path, headline: Headline = None) -> dict[st
         t.board.to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(out / "attacks.csv") as tmp:
         t.attacks.to_csv(tmp, index=False, float_format="%.10g")
-    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov))
+    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov, table_eps))
     write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
     paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
                  markdown=out / "leaderboard.md", json=out / "leaderboard.json")

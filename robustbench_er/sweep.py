@@ -83,6 +83,8 @@ class SweepConfig:
     #: forward passes for EOT gradients and majority votes on randomized defenses
     eot: int = 10
     headline: float | None = None
+    #: epsilons of the leaderboard's per-eps table (None: no table)
+    table_eps: list[float] | None = None
     defense_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: defense name -> a checkpoint folder to evaluate instead of training (safetensors + meta.json)
     checkpoints: dict[str, str] = field(default_factory=dict)
@@ -616,6 +618,8 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
         config = dataclasses.asdict(cfg)
         if cfg.headline is not None and cells:  # the headline in the norm's own unit, for later reports
             config["headline_eps"] = cfg.headline * float(cells[0].spec["eps_scale"])
+        if cfg.table_eps and cells:  # the same, for the per-eps table
+            config["table_eps_scaled"] = [e * float(cells[0].spec["eps_scale"]) for e in cfg.table_eps]
         run_id = store.start_run(command, config, versions())
         done: dict[str, CellSummary] = {}
         owner = lease_owner()

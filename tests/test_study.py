@@ -54,3 +54,24 @@ def test_study_plots_each_variant_from_its_own_leaderboard_row(tmp_path):
     # more training changes the model: the two checkpoints differ
     assert study.groupby("variant")["clean_acc"].first().nunique() == 2
     assert (out / "study_none_epochs.png").stat().st_size > 5000
+
+
+def test_per_eps_table_reads_the_worst_case_curve(tmp_path):
+    out = tmp_path / "o"
+    assert main(["sweep", "--dataset", "digits", "--defense", "none[epochs=1],none[epochs=3]", "--attack", "fgsm",
+                 "--eps", "0:0.3:0.05", "--samples", "60", "--table-eps", "0,0.1,0.3", "--out", str(out),
+                 "--quiet"]) == 0
+    md = (out / "leaderboard.md").read_text()
+    table = md[md.index("robust accuracy at chosen epsilons"):].splitlines()
+    header = next(ln for ln in table if ln.startswith("| defense"))
+    assert header == "| defense | 0 | 0.1 | 0.3 |"
+    curves = pd.read_csv(out / "curves.csv")
+    for variant in ("none[epochs=1]", "none[epochs=3]"):
+        row = next(ln for ln in table if ln.startswith(f"| {variant} |")).strip("| ").split(" | ")
+        wc = curves[(curves["defense"] == variant) & (curves["attack"] == "worst-case")].set_index("eps")
+        assert [float(v) for v in row[1:]] == [round(100 * wc.loc[e, "robust_acc"], 1) for e in (0.0, 0.1, 0.3)]
+    # report keeps the table the sweep asked for, and takes another on request
+    assert main(["report", "--out", str(out), "--quiet"]) == 0
+    assert "| defense | 0 | 0.1 | 0.3 |" in (out / "leaderboard.md").read_text()
+    assert main(["report", "--out", str(out), "--table-eps", "0.2", "--quiet"]) == 0
+    assert "| defense | 0.2 |" in (out / "leaderboard.md").read_text()

@@ -12,15 +12,25 @@ Networks here (each exposes ``features(x)`` and ``forward(x)`` like the shared b
 * ``rse_tiny_cnn``: TinyCNN (conv16-pool-conv32-pool-fc64) with noise before both convs;
 * ``rse_small_cnn``: the TRADES SmallCNN with noise before its four convs;
 * ``rse_vgg16``: VGG16 with batch norm (the reference's CIFAR10 network) with noise before its
-  13 convs.
+  13 convs;
+* ``rse_mnist_4c4f``, ``rse_vgg19_bn``, ``rse_stl10_6c4f``, ``rse_tiny_13c4f``: the baseline
+  networks of the ER-Classifier paper (seed 000 Table 15, :mod:`robustbench_er.models.paper_nets`:
+  MNIST 4 conv + 4 FC, CIFAR10 VGG19-BN, STL10 6 conv with BN + 4 FC on 96x96, Tiny ImageNet
+  13 conv with BN + 4 FC on 64x64) with noise before every conv (``init_std`` before the first,
+  ``inner_std`` before the others; none before the FC layers, as in the reference's VGG).
+  The ER paper compares RSE on these networks; ``rse``'s stl10 and tiny-imagenet ``paper``
+  presets use them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from robustbench_er.errors import UserInputError
+from robustbench_er.models.paper_nets import PAPER_NETS
 
 
 class Noise(nn.Module):
@@ -115,12 +125,28 @@ class RSEVGG16(nn.Module):
         return self.fc(self.features(x))
 
 
-RSE_BACKBONES = {"rse_tiny_cnn": RSETinyCNN, "rse_small_cnn": RSESmallCNN, "rse_vgg16": RSEVGG16}
+def _noisy_paper_net(name: str) -> Callable[..., nn.Module]:
+    """The Table 15 network ``name`` with a :class:`Noise` layer before every convolution."""
+    base = PAPER_NETS[name]
+
+    def build(in_channels: int, classes: int, image_size: int, *, init_std: float | tuple[float, ...] = 0.4,
+              inner_std: float = 0.1) -> nn.Module:
+        return base(in_channels, classes, image_size,
+                    pre_conv=lambda i: Noise(init_std if i == 0 else inner_std))
+
+    build.__name__ = f"rse_{name}"
+    return build
+
+
+RSE_BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "rse_tiny_cnn": RSETinyCNN, "rse_small_cnn": RSESmallCNN, "rse_vgg16": RSEVGG16,
+    **{f"rse_{name}": _noisy_paper_net(name) for name in PAPER_NETS},
+}
 
 
 def build_rse_net(name: str, in_channels: int, classes: int, image_size: int, *,
                   init_std: float | tuple[float, ...], inner_std: float) -> nn.Module:
-    """A noisy backbone by name (``rse_tiny_cnn``, ``rse_small_cnn`` or ``rse_vgg16``)."""
+    """A noisy backbone by name (a key of :data:`RSE_BACKBONES`)."""
     if name not in RSE_BACKBONES:
         raise UserInputError(f"Unknown RSE backbone {name!r}; known: {', '.join(sorted(RSE_BACKBONES))}.")
     return RSE_BACKBONES[name](in_channels=in_channels, classes=classes, image_size=image_size,

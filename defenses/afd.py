@@ -18,8 +18,11 @@ x' = PGD(x) on E+Dc (eval mode, true labels), then, all losses taken at the curr
 Hyper-parameters (paper Table A2; appendix 8.1): SGD momentum 0.9 (0.8 for CIFAR in the text),
 weight decay 1e-4 on the E and Dc updates, lr_EDc 0.1 (``lr``), lr_Da 0.1 (``lr_da``), lr_E 0.5
 (``lr_e``); MNIST: ResNet5 (embedding 200), Da width 200, batch 50, 300 epochs, PGD eps 0.3,
-40 steps of 0.01; CIFAR10: ResNet18 (embedding 512), Da width 512, batch 64, 850 epochs with
-all lrs / 10 after epochs 350 and 700, PGD eps 8/255, 20 steps of 2/255.
+40 steps of 0.01; CIFAR10 and CIFAR100 (Table A2 gives both the same values): ResNet18 (embedding 512),
+Da width 512, batch 64, 850 epochs with all lrs / 10 after epochs 350 and 700, PGD eps 8/255
+(0.031 in the text), 20 steps of 2/255 (the PGD-Linf setting of Table A3 and of the reference code).
+Presets: ``paper`` for mnist (mnist5k, digits), cifar10 and cifar100 with those values; ``quick``
+for each (CPU, below).
 
 Source: ours.
 

@@ -65,7 +65,7 @@ def test_checkpoint_for_another_dataset_is_refused(none_digits, tmp_path):
 
 def test_missing_preset_lists_existing():
     with pytest.raises(UserInputError, match="presets exist for .*digits"):
-        registry.get_defense("none").hparams("stl10", "quick")
+        registry.get_defense("none").hparams("no-such-dataset", "quick")
     with pytest.raises(UserInputError, match="Unknown profile"):
         registry.get_defense("none").hparams("digits", "fast")
     with pytest.raises(UserInputError, match="no hyper-parameter 'epochz'"):

@@ -12,10 +12,18 @@ A plain :class:`Attack` subclass that sets ``kind`` itself is still accepted (th
 the typed kinds). It declares
 
 * ``norms``: the threat models it supports (``Linf``, ``L2``, ``L1``);
-* ``access``: ``"gradient"``, ``"score"`` or ``"decision"`` (label only);
+* ``access``: ``"gradient"``, ``"score"``, ``"decision"`` (label only) or ``"none"`` (crafting
+  makes no query to the target at all, e.g. a transfer attack working on a surrogate model; the
+  runner's verification is its only contact with the target);
 * ``single_step``: True for a one-step gradient attack (FGSM); the cross-attack checks treat
   every other gradient attack as iterative;
-* ``Params``: a dataclass of its parameters (validated in ``__post_init__`` or ``validate``).
+* ``Params``: a dataclass of its parameters (validated in ``__post_init__`` or ``validate``);
+* ``needs_models``: the names of its string parameters that name another model (a defense, a
+  variant ``NAME[key=value]`` or a checkpoint folder), e.g. a transfer attack's surrogate. The
+  sweep checks them with every other input, trains or loads each model in its training step
+  (the sweep's dataset, profile, seed and output folder) and hands them to the attack with
+  :meth:`Attack.use_models` before planning; :meth:`Attack.describe` then records each model's
+  identity, so it is part of the cell's.
 
 Attacks never decide what counts: :func:`verify` re-checks every returned example (inside the
 ball up to a float tolerance, inside [0, 1], misclassified by a fresh forward pass, a majority
@@ -39,7 +47,9 @@ from robustbench_er.errors import UserInputError
 
 NORMS = ("Linf", "L2", "L1")
 KINDS = ("fixed", "min")
-ACCESS = ("gradient", "score", "decision")
+#: what an attack needs from the target, most to least: gradients, scores (logits), decisions
+#: (labels), none (no query: its examples are crafted elsewhere, e.g. on a surrogate model)
+ACCESS = ("gradient", "score", "decision", "none")
 #: absolute slack allowed on the norm of a verified example (float32 rounding)
 NORM_ATOL = 1e-5
 NORM_RTOL = 1e-4
@@ -84,6 +94,9 @@ class Attack:
     search_retry: ClassVar[bool] = True
     #: the RobustBench model_info field this attack's robust accuracy fills (e.g. ``autoattack_acc``)
     leaderboard_field: ClassVar[str | None] = None
+    #: string parameters naming another model the attack uses (a defense, variant or checkpoint
+    #: folder); the sweep resolves them to trained models and calls :meth:`use_models`
+    needs_models: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         self.norm = canonical_norm(norm)
@@ -107,6 +120,8 @@ class Attack:
         self.queries = 0
         #: set by :meth:`check_model` when gradients come from the defense's BPDA approximation
         self.bpda = False
+        #: the models named by ``needs_models`` (parameter -> ``trained.Trained``), once attached
+        self.models: dict[str, Any] = {}
 
     def validate(self) -> None:
         """Check ``self.params``; raise UserInputError with one sentence."""
@@ -125,8 +140,29 @@ class Attack:
             per *= 2
         return per * max(1, int(p.eot))
 
+    def use_models(self, models: dict[str, Any]) -> None:
+        """Attach the models named by ``needs_models`` (parameter -> ``trained.Trained``); the
+        sweep calls it once per cell, before :meth:`check_model`."""
+        missing = set(self.needs_models) - set(models)
+        if missing:
+            raise RuntimeError(f"attack {self.name!r} was given no model for {sorted(missing)[0]!r}")
+        self.models = dict(models)
+
+    def model(self, param: str) -> DefendedModel:
+        """The model attached for ``param`` (one of ``needs_models``)."""
+        if param not in self.models:
+            raise RuntimeError(f"attack {self.name!r} has no model for {param!r}; the sweep attaches it")
+        return self.models[param].model
+
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"attack": self.name, "norm": self.norm, "params": dataclasses.asdict(self.params)}
+        params = dataclasses.asdict(self.params)
+        out: dict[str, Any] = {"attack": self.name, "norm": self.norm, "params": params}
+        if self.models:
+            # a model parameter is recorded by the identity of the model it named (measured on its
+            # weights), not by the name or folder path that named it
+            for p in self.needs_models:
+                params.pop(p, None)
+            out["models"] = {p: self.models[p].identity for p in self.needs_models}
         if self.bpda:
             out["bpda"] = True
         return out
@@ -209,6 +245,10 @@ def validate_attack_class(name: str, obj: Any) -> None:
         raise TypeError(f"Attack {name!r}: norms must be a non-empty subset of {NORMS}.")
     if not (dataclasses.is_dataclass(obj.Params) and issubclass(obj.Params, AttackParams)):
         raise TypeError(f"Attack {name!r}: Params must be a dataclass subclassing attack.AttackParams.")
+    fields = {f.name for f in dataclasses.fields(obj.Params)}
+    if not isinstance(obj.needs_models, tuple) or any(not isinstance(p, str) or p not in fields
+                                                      for p in obj.needs_models):
+        raise TypeError(f"Attack {name!r}: needs_models must be a tuple of names of its Params fields.")
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:

@@ -33,8 +33,9 @@ McNemar test on the points both attacks ran (:func:`mcnemar_p`, one-sided, :data
 
 * ``single-step-stronger``: a single-step attack (``Attack.single_step``) breaks significantly
   more points than an iterative gradient attack at some eps;
-* ``black-box-stronger``: a score- or decision-based attack (``Attack.access``) breaks
-  significantly more points than a fixed-epsilon iterative gradient attack at some eps.
+* ``black-box-stronger``: a score- or decision-based attack, or a transfer attack that sends the
+  target no query (``Attack.access`` ``"none"``), breaks significantly more points than a
+  fixed-epsilon iterative gradient attack at some eps.
 
 The checks name no attack: they read the attributes each attack declares.
 """
@@ -423,7 +424,7 @@ def cross_attack_flags(runs: dict[str, AttackRun], alpha: float = ALPHA) -> dict
     iterative = [lab for lab, r in runs.items() if r.access == "gradient" and not r.single_step]
     single = [lab for lab, r in runs.items() if r.access == "gradient" and r.single_step]
     white = [lab for lab in iterative if runs[lab].kind == "fixed"]
-    black = [lab for lab, r in runs.items() if r.access in ("score", "decision")]
+    black = [lab for lab, r in runs.items() if r.access in ("score", "decision", "none")]
     flags: dict[str, str] = {}
     for name, weak_labels, strong_labels in (("single-step-stronger", single, iterative),
                                              ("black-box-stronger", black, white)):

@@ -72,9 +72,12 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
         how = "reused" if trained.reused else f"trained in {trained.meta.get('train_seconds') or 0:.0f}s"
         _print(f"[{name}] checkpoint {trained.folder} ({how}); clean accuracy {trained.clean_acc:.4f}", quiet)
 
+    several = bool(cfg.seeds) and len(cfg.seeds) > 1
+
     def on_cell(s: Any) -> None:
         pts = ", ".join(f"{pretty_eps(e)}: {100 * a:.1f}" for e, a in list(s.robust.items())[:: max(1, len(s.robust) // 5)])
-        _print(f"[{s.defense} / {s.attack} / {s.norm}] n={s.n} clean {100 * s.clean_acc:.1f}% | robust % at eps {pts}"
+        seed = f" / seed {s.seed}" if several else ""
+        _print(f"[{s.defense} / {s.attack} / {s.norm}{seed}] n={s.n} clean {100 * s.clean_acc:.1f}% | robust % at eps {pts}"
                f" | {s.seconds:.1f}s{' (resumed)' if s.resumed else ''}", quiet)
 
     def on_skip(defense: str, attack: str, reason: str) -> None:
@@ -168,6 +171,7 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
         checkpoints = {names[0]: args.checkpoint}
     return {"dataset": args.dataset, "defenses": defenses, "attacks": args.attack, "eps": args.eps,
             "norm": args.norm, "samples": args.samples, "profile": args.profile, "seed": args.seed,
+            "seeds": args.seeds,
             "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
             "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
             "table_eps": args.table_eps, "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
@@ -479,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", default=None, help=f"attack batch size (default: {default['batch_size']})")
     sp.add_argument("--eot", default=None,
                     help=f"passes for EOT and majority votes on randomized defenses (default: {default['eot']})")
+    sp.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2: train and sweep each (instead of"
+                    " --seed); the leaderboards keep a row per seed and add mean ± std rows")
     sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard (a point of the grid)")
     sp.add_argument("--table-eps", default=None, help="epsilons of a per-eps table in leaderboard.md, defenses as"
                     " rows (e.g. 0,0.1,0.2,0.3,0.4; grid points)")

@@ -266,6 +266,10 @@ class SweepSpec(_Model):
     samples: int | None = Field(default=500, ge=1)
     profile: Literal["quick", "paper"] = "quick"
     seed: int = 0
+    #: several seeds (``0,1,2`` or a list): the sweep is trained and run once per seed and the
+    #: leaderboards add mean ± std rows; not together with ``seed`` in one place (a sweep's own
+    #: key replaces the other one given at the top of an experiment file)
+    seeds: list[int] | None = None
     out: str = "results"
     data_dir: str | None = None
     download: bool = False
@@ -336,6 +340,26 @@ class SweepSpec(_Model):
     @classmethod
     def _table_eps(cls, v: Any) -> Any:
         return None if v is None else _eps_or_error(v)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        items = split_top_level(v) if isinstance(v, str) else [v] if isinstance(v, int) else v
+        if not isinstance(items, list) or not items:
+            raise _custom(f"must be distinct integers, e.g. 0,1,2, got {v!r}")
+        out = []
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, (int, str)):
+                raise _custom(f"must be distinct integers, e.g. 0,1,2, got {v!r}")
+            try:
+                out.append(int(item.strip()) if isinstance(item, str) else item)
+            except ValueError:
+                raise _custom(f"must be distinct integers, e.g. 0,1,2, got {v!r}") from None
+        if len(set(out)) != len(out):
+            raise _custom(f"must be distinct integers, e.g. 0,1,2, got {v!r} (a seed is repeated)")
+        return out
 
     @field_validator("headline", mode="before")
     @classmethod
@@ -442,6 +466,7 @@ _WANTS = {
     "batch_size": "an integer >= 1",
     "eot": "an integer >= 1",
     "seed": "an integer",
+    "seeds": "distinct integers, e.g. 0,1,2",
     "headline": "a number >= 0 (e.g. 0.3 or 8/255)",
     "table_eps": "epsilons, e.g. 0,0.1,0.2 or 0:0.4:0.1",
     "profile": "quick or paper",
@@ -560,12 +585,20 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
     from robustbench_er.checkpoints import read_meta
     from robustbench_er.data import load_dataset
     from robustbench_er.registry import ATTACKS, DATASETS, DEFENSES, get_defense, split_variant
-    from robustbench_er.sweep import AttackConfig, SweepConfig, make_attack, validate_grid
+    from robustbench_er.sweep import (
+        AttackConfig,
+        SweepConfig,
+        make_attack,
+        resolve_model,
+        validate_grid,
+    )
 
     def at(*loc: Any) -> str:
         return _loc_text(loc, where, cli)
 
     _lookup(DATASETS, "dataset", spec.dataset, at("dataset"))
+    if spec.seeds is not None and "seed" in spec.model_fields_set:
+        raise UserInputError(f"{at('seeds')}: give either {at('seed')} or {at('seeds')}, not both.")
     if not spec.defenses:
         raise UserInputError(_sentence(at("defenses"), "name at least one defense"))
     if not spec.attacks:
@@ -638,7 +671,10 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
             raise UserInputError(f"{loc}.samples: must be between 1 and the sweep's {n} samples, got {a.samples}.")
         try:
             check_dataclass_values(acls.Params, a.params, "parameter", acls.name)
-            make_attack(ac, spec.norm, False, spec.eot)
+            attack = make_attack(ac, spec.norm, False, spec.eot)
+            for param in attack.needs_models:  # a model a parameter names: a defense or a checkpoint folder
+                resolve_model(getattr(attack.params, param), param, data=data, profile=spec.profile,
+                              defenses=names, overrides=overrides, checkpoints=spec.checkpoints)
         except Exception as exc:
             raise _reraise(loc if not cli else f"--attack {a.label or a.name}", exc) from None
         attacks.append(ac)
@@ -660,7 +696,8 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
 
     return SweepConfig(
         dataset=spec.dataset, defenses=names, attacks=attacks, eps=grid, norm=spec.norm, samples=spec.samples,
-        profile=spec.profile, seed=spec.seed, out=Path(spec.out), data_dir=spec.data_dir, download=spec.download,
+        profile=spec.profile, seed=spec.seeds[0] if spec.seeds else spec.seed, seeds=spec.seeds, out=Path(spec.out),
+        data_dir=spec.data_dir, download=spec.download,
         device=spec.device, batch_size=spec.batch_size, eot=spec.eot, headline=spec.headline, table_eps=spec.table_eps,
         defense_overrides=overrides, checkpoints=dict(spec.checkpoints), progress=progress,
         mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit, executor=spec.executor.model_dump(),
@@ -754,6 +791,9 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
     for i, extra in enumerate(sweeps):
         where = f"sweeps[{i}]" if exp.sweeps else ""
         merged = {**base, **extra, **given}
+        for key, other in (("seed", "seeds"), ("seeds", "seed")):
+            if key in extra and other not in extra:  # a sweep's own seed or seeds replaces the file's other
+                merged.pop(other, None)
 
         def prefix_for(top: str, kind: str, extra: Mapping[str, Any] = extra, where: str = where) -> str:
             return where if where and (top in extra or kind == "missing") else ""

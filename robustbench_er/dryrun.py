@@ -10,7 +10,10 @@ stage only sees the points the stages before it left standing.
 
 It writes nothing: no store, no checkpoint folder, no lease; the store is opened read-only.
 Cells of a defense that is not trained yet cannot be named (a cell is keyed on the weights), so
-they are listed as waiting for training, with their cost.
+they are listed as waiting for training, with their cost. A model an attack's parameter names
+(``Attack.needs_models``, e.g. a transfer attack's surrogate) is a training job of its own, and
+the cells of an attack whose model is not trained yet (in a cascade, every later stage too) wait
+for training as well. With several seeds every seed's jobs and cells are listed.
 """
 
 from __future__ import annotations
@@ -51,57 +54,80 @@ def _rounds(kind: str, search: str, k: int, retry: bool) -> int:
 
 
 def plan_rows(cfg: Any) -> pd.DataFrame:
-    """One row per training job and per cell of ``cfg`` (a SweepConfig), with its cache state."""
-    from robustbench_er.sweep import make_attack, plan, prepare
-    from robustbench_er.trained import checkpoint_folder, get_or_train
+    """One row per training job and per cell of ``cfg`` (a SweepConfig), with its cache state;
+    every seed of ``cfg.seeds`` in turn (column ``seed``)."""
+    from robustbench_er.sweep import prepare, seed_configs
 
     cfg = dataclasses.replace(cfg, download=False, progress=False)
     prep = prepare(cfg)
     store = _store_state(Path(cfg.out) / "store.sqlite")
+    return pd.DataFrame([row for c in seed_configs(cfg) for row in _seed_rows(c, prep, store)])
+
+
+def _seed_rows(cfg: Any, prep: Any, store: dict[str, tuple[str, int]]) -> list[dict[str, Any]]:
+    """The rows of one seed: its training jobs (the sweep's defenses, then the models attacks'
+    parameters name, e.g. a transfer attack's surrogate), then its cells."""
+    from robustbench_er.sweep import make_attack, plan
+    from robustbench_er.trained import checkpoint_folder, get_or_train
+
     rows: list[dict[str, Any]] = []
     trained = {}
-    for d in cfg.defenses:
-        if d in cfg.checkpoints:
-            folder, cached = Path(cfg.checkpoints[d]), True
+    jobs = [(d, d, cfg.defense_overrides.get(d), cfg.checkpoints.get(d), d) for d in cfg.defenses]
+    jobs += [(r.key, r.defense, r.overrides, r.folder, r.label) for r in prep.models.values()]
+    seen = set()
+    for key, defense, overrides, given, label in jobs:
+        if key in seen:
+            continue
+        seen.add(key)
+        if given:
+            folder, cached = Path(given), True
         else:
-            folder = checkpoint_folder(d, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                                       overrides=cfg.defense_overrides.get(d))
+            folder = checkpoint_folder(defense, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
+                                       overrides=overrides)
             cached = (folder / "meta.json").is_file()
-        rows.append({"job": "train", "defense": d, "attack": "", "state": "cached" if cached else "to train",
+        rows.append({"job": "train", "defense": label, "attack": "", "state": "cached" if cached else "to train",
                      "points": len(prep.data.y_train), "calls_per_point": "", "evaluations": "",
-                     "where": str(folder)})
+                     "where": str(folder), "seed": cfg.seed})
         if cached:
-            trained[d] = get_or_train(d, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                                      overrides=cfg.defense_overrides.get(d), device=prep.device, progress=False,
-                                      checkpoint_dir=Path(cfg.checkpoints[d]) if d in cfg.checkpoints else None,
-                                      measure=False)
-    by_defense: dict[str, list[Any]] = {d: [] for d in cfg.defenses}
-    if trained:
-        sub = dataclasses.replace(cfg, defenses=[d for d in cfg.defenses if d in trained])
-        for cell in plan(sub, prep, trained):
-            by_defense[cell.defense if cell.defense in by_defense else _key(cell, trained)].append(cell)
+            trained[key] = get_or_train(defense, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
+                                        overrides=overrides, device=prep.device, progress=False,
+                                        checkpoint_dir=Path(given) if given else None, measure=False)
+    # a cell whose attack uses a model not trained yet cannot be named (nor, in a cascade, any later stage)
+    attacks = [make_attack(a, prep.norm, False, cfg.eot) for a in cfg.attacks]
+    ready = [all(prep.models[str(getattr(att.params, p)).strip()].key in trained for p in att.needs_models)
+             for att in attacks]
+    if cfg.mode == "cascade":
+        ready = [all(ready[: i + 1]) for i in range(len(ready))]
+    stages = [i for i, r in enumerate(ready) if r]
+    cells: dict[tuple[str, int], Any] = {}
+    planned = [d for d in cfg.defenses if d in trained]
+    if planned and stages:
+        sub = dataclasses.replace(cfg, defenses=planned)
+        for planned_cell in plan(sub, prep, trained, stages=stages):
+            cells[(_key(planned_cell, trained), int(planned_cell.spec["stage"]))] = planned_cell
     for d in cfg.defenses:
-        if d in trained:
-            for cell in by_defense[d]:
+        for i, (a, agrid, attack) in enumerate(zip(cfg.attacks, prep.attack_grids, attacks)):
+            cell = cells.get((d, i))
+            if cell is not None:
                 status, steps = store.get(cell.cell_id, ("new", 0))
                 state = {"done": "cached"}.get(status, "new" if status == "new" else f"partial ({steps} steps)")
                 calls = _rounds(cell.attack.kind, cell.search, len(cell.grid), bool(cell.spec.get("retry")))
-                rows.append({"job": "cell", "defense": d, "attack": cell.attack_cfg.display, "state": state,
+                rows.append({"job": "cell", "defense": d, "attack": a.display, "state": state,
                              "points": len(cell.sample_ids), "calls_per_point": calls,
                              "evaluations": 0 if state == "cached" else
                              len(cell.sample_ids) * calls * cell.attack.evaluations_per_point(),
-                             "where": cell.cell_id})
-        else:
-            for a, agrid in zip(cfg.attacks, prep.attack_grids):
-                attack = make_attack(a, prep.norm, False, cfg.eot)
-                k = len(agrid if agrid is not None else prep.grid)
-                search = cfg.search if attack.kind == "fixed" else "once"
-                n = min(len(prep.ids), a.samples or len(prep.ids))
-                calls = _rounds(attack.kind, search, k, bool(attack.search_retry) and search == "bisect")
-                rows.append({"job": "cell", "defense": d, "attack": a.display, "state": "after training",
-                             "points": n, "calls_per_point": calls,
-                             "evaluations": n * calls * attack.evaluations_per_point(), "where": ""})
-    return pd.DataFrame(rows)
+                             "where": cell.cell_id, "seed": cfg.seed})
+                continue
+            if d in trained and ready[i]:
+                continue  # the sweep will skip this pair (the attack cannot run on the defense)
+            k = len(agrid if agrid is not None else prep.grid)
+            search = cfg.search if attack.kind == "fixed" else "once"
+            n = min(len(prep.ids), a.samples or len(prep.ids))
+            calls = _rounds(attack.kind, search, k, bool(attack.search_retry) and search == "bisect")
+            rows.append({"job": "cell", "defense": d, "attack": a.display, "state": "after training",
+                         "points": n, "calls_per_point": calls,
+                         "evaluations": n * calls * attack.evaluations_per_point(), "where": "", "seed": cfg.seed})
+    return rows
 
 
 def _key(cell: Any, trained: dict[str, Any]) -> str:
@@ -117,9 +143,10 @@ def render(frames: list[pd.DataFrame], names: list[str]) -> str:
     total = 0
     for i, (df, name) in enumerate(zip(frames, names)):
         lines.append(f"sweep {i + 1} ({name}):")
+        several = "seed" in df and df["seed"].nunique() > 1
         for r in df.itertuples():
             ev = f"{int(r.evaluations):,}" if r.evaluations != "" else ""
-            what = f"{r.defense}" + (f" x {r.attack}" if r.attack else "")
+            what = f"{r.defense}" + (f" x {r.attack}" if r.attack else "") + (f" (seed {r.seed})" if several else "")
             calls = f"{r.calls_per_point} calls/pt" if r.calls_per_point != "" else ""
             lines.append(f"  {r.job:<5} {what:<40} {r.state:<18} n={r.points:<6} {calls:<12} {ev:>16}  {r.where}")
             if r.evaluations != "":

@@ -1,10 +1,15 @@
 """Reports read from the store: ``curves.csv`` (long form), ``leaderboard.csv/.md/.json``,
 ``curves_<dataset>_<norm>.png`` and ``auc_<dataset>.png``.
 
-Cells are grouped by (dataset, defense checkpoint, norm). Within a group the worst case over
-attacks is, per sample, the minimum ``broken_at`` over the attacks that ran on the group's
+Cells are grouped by (dataset, defense checkpoint, norm, seed). Within a group the worst case
+over attacks is, per sample, the minimum ``broken_at`` over the attacks that ran on the group's
 largest sample set; attacks run on a subset (e.g. C&W on 200 points) appear with their own n.
 Numbers stay numbers in every file; epsilons keep their exact value beside a pretty form.
+
+Seeds: every row carries its sweep's ``seed``. A (dataset, norm, defense) evaluated at several
+seeds (``--seeds``) keeps one row per seed and gains an aggregate row (``aggregate`` True): the
+mean and the sample standard deviation (ddof=1) over the seeds of clean accuracy, robust
+accuracy and AUC (``*_std`` columns), shown as ``mean ± std`` in Markdown and HTML.
 """
 
 from __future__ import annotations
@@ -73,8 +78,10 @@ def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float]) -> tuple
     c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == WORST)]
     head = ["defense"] + [pretty_eps(e) for e in eps]
     rows = []
-    for (defense, _ckpt), g in c.groupby(["defense", "checkpoint"], sort=False):
-        cells = [str(defense)]
+    several = "seed" in c and c["seed"].nunique() > 1
+    keys = ["defense", "checkpoint"] + (["seed"] if "seed" in c else [])
+    for key, g in c.groupby(keys, sort=False):
+        cells = [f"{key[0]} (seed {key[2]})" if several else str(key[0])]
         for e in eps:
             hit = g[((g["eps"] - e).abs() < EPS_TOL) | ((g["eps_in_unit"] - e).abs() < EPS_TOL)]
             cells.append(_fmt(float(hit["robust_acc"].iloc[0])) if len(hit) else "–")
@@ -105,8 +112,9 @@ class Tables:
     * ``curves``: one row per (group, attack or worst case, eps);
     * ``attacks``: one row per (group, attack): robust accuracy at the headline eps (after the
       stage, for a cascade), AUC, ADBD, n, mode and stage;
-    * ``board``: one row per group (dataset, defense checkpoint, norm): clean and worst-case
-      robust accuracy at the headline eps on the points every attack there ran on, AUC, flags.
+    * ``board``: one row per group (dataset, defense checkpoint, norm, seed): clean and worst-case
+      robust accuracy at the headline eps on the points every attack there ran on, AUC, flags;
+      then, for a (dataset, norm, defense) run at several seeds, its aggregate row (mean, ``*_std``).
     """
 
     curves: pd.DataFrame
@@ -171,7 +179,10 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
     if cells.empty:
         return Tables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     by_cell = {cid: df.drop(columns="cell_id").sort_values("sample_id") for cid, df in outcomes.groupby("cell_id")}
-    for (dataset, defense, ckpt, norm), group in cells.groupby(["dataset", "defense", "checkpoint", "norm"], sort=False):
+    cells = cells.assign(seed=[int(json.loads(sp).get("seed") or 0) for sp in cells["spec"]])
+    for (dataset, defense, ckpt, norm, seed), group in cells.groupby(["dataset", "defense", "checkpoint", "norm", "seed"],
+                                                                     sort=False):
+        seed = int(seed)
         ids = [c for c in group["cell_id"] if c in by_cell]
         if not ids:
             continue
@@ -208,11 +219,11 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
                     curve_rows.append(dict(dataset=dataset, defense=defense, attack=label, norm=norm, **eps_cols(e),
                                            n=len(out), clean_acc=clean, robust_acc=float(a), eot_n=int(r.eot),
                                            checkpoint=ckpt, mode="cascade" if cascade else "independent",
-                                           stage=stage))
+                                           stage=stage, seed=seed))
                 ok = out["clean_correct"].astype(bool)
                 own = ok & (out["broken_by"] == r.attack_label) if "broken_by" in out else ok
                 attack_rows.append(dict(
-                    dataset=dataset, defense=defense, checkpoint=ckpt, norm=norm, attack=label,
+                    dataset=dataset, defense=defense, checkpoint=ckpt, norm=norm, seed=seed, attack=label,
                     attack_name=r.attack, kind=kind, access=specs[cid].get("access", "gradient"),
                     reports_as=specs[cid].get("reports_as"), mode="cascade" if cascade else "independent",
                     stage=stage, n=len(out), grid=g, acc=acc,
@@ -233,7 +244,7 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
             wc_n.append(len(wc))
             curve_rows.append(dict(dataset=dataset, defense=defense, attack=WORST, norm=norm, **eps_cols(e),
                                    n=len(wc), clean_acc=float(wc["clean_correct"].mean()), robust_acc=a,
-                                   eot_n=eot_n, checkpoint=ckpt, mode="", stage=-1))
+                                   eot_n=eot_n, checkpoint=ckpt, mode="", stage=-1, seed=seed))
         hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
         asked = _headline_for(headline, norm)
         if asked is None:
@@ -248,11 +259,12 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
             note = (f"worst case on the {len(wc)} points every attack at {pretty_eps(hl)} ran on"
                     f" (attacks ran on {', '.join(str(k) for k in sorted(sets, reverse=True))} points)")
         for row in attack_rows:
-            if row["dataset"] == dataset and row["defense"] == defense and row["checkpoint"] == ckpt and row["norm"] == norm:
+            if (row["dataset"], row["defense"], row["checkpoint"], row["norm"], row["seed"]) == (dataset, defense, ckpt,
+                                                                                                  norm, seed):
                 row["robust_acc"] = next((float(a) for e, a in zip(row["grid"], row["acc"]) if abs(e - hl) < EPS_TOL),
                                          math.nan)
         board_rows.append(dict(
-            dataset=dataset, defense=defense, norm=norm, headline_eps=hl, headline_label=pretty_eps(hl),
+            dataset=dataset, defense=defense, norm=norm, seed=seed, headline_eps=hl, headline_label=pretty_eps(hl),
             eps_unit=unit, headline_in_unit=hl / scale, n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
             robust_acc=float(curve(wc, [hl])[0]), auc=auc(union, wc_acc) if len(union) >= 2 else math.nan,
             attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
@@ -274,12 +286,65 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
     curves = pd.DataFrame(curve_rows)
     attacks = pd.DataFrame(attack_rows).drop(columns=["grid", "acc"]) if attack_rows else pd.DataFrame()
     board = pd.DataFrame(board_rows)
-    if not board.empty:
-        board = board.sort_values(["dataset", "norm", "robust_acc"], ascending=[True, True, False], kind="stable")
     if not curves.empty:
-        flag_map = {(r["dataset"], r["checkpoint"], r["norm"]): r["flags"] for _, r in board.iterrows()}
-        curves["flags"] = [flag_map.get((d, c, n), "") for d, c, n in zip(curves["dataset"], curves["checkpoint"], curves["norm"])]
+        flag_map = {(r["dataset"], r["checkpoint"], r["norm"], r["seed"]): r["flags"] for _, r in board.iterrows()}
+        curves["flags"] = [flag_map.get(k, "") for k in zip(curves["dataset"], curves["checkpoint"], curves["norm"],
+                                                            curves["seed"])]
+    if not board.empty:
+        board = with_seed_aggregates(board)
     return Tables(curves, attacks, board)
+
+
+#: the board's numbers an aggregate row gives as mean and sample std over seeds
+AGGREGATED = ("clean_acc", "robust_acc", "auc")
+
+
+def with_seed_aggregates(board: pd.DataFrame) -> pd.DataFrame:
+    """The board with, after each (dataset, norm, defense) evaluated at several distinct seeds
+    (at one headline eps), an aggregate row: mean and sample std (ddof=1) over the seeds of
+    clean accuracy, robust accuracy and AUC. Rows sorted by dataset, norm, the defense's mean
+    robust accuracy (best first), then seed, the aggregate last."""
+    board = board.assign(aggregate=False, seeds="", n_seeds=pd.NA, **{f"{k}_std": math.nan for k in AGGREGATED})
+    rows = []
+    for _, g in board.groupby(["dataset", "norm", "defense"], sort=False):
+        if len(g) < 2 or g["seed"].nunique() != len(g) or g["headline_eps"].nunique() != 1:
+            continue  # one seed, or rows that are not seed replicates of one evaluation
+        first = g.iloc[0]
+        row: dict[str, Any] = {c: first[c] for c in ("dataset", "defense", "norm", "headline_eps", "headline_label",
+                                                     "eps_unit", "headline_in_unit", "eot_n")}
+        row.update(seed=pd.NA, aggregate=True, seeds=",".join(str(int(v)) for v in sorted(g["seed"])),
+                   n_seeds=len(g), n=int(g["n"].min()), attacks_in_headline=int(g["attacks_in_headline"].max()),
+                   sample_note="", flags="", flag_details="", checkpoint="")
+        for k in AGGREGATED:
+            vals = g[k].astype(float)
+            row[k] = float(vals.mean())
+            row[f"{k}_std"] = float(vals.std(ddof=1))
+        rows.append(row)
+    if rows:
+        board = pd.concat([board, pd.DataFrame(rows)], ignore_index=True)
+    per = board[~board["aggregate"].astype(bool)]
+    rank = per.groupby(["dataset", "norm", "defense"], sort=False)["robust_acc"].mean()
+    first_seen = {k: i for i, k in enumerate(dict.fromkeys(zip(per["dataset"], per["norm"], per["defense"])))}
+    keys = list(zip(board["dataset"], board["norm"], board["defense"]))
+    board = board.assign(_rank=[rank.get(k, math.nan) for k in keys], _order=[first_seen.get(k, 0) for k in keys],
+                         seed=board["seed"].astype("Int64"), n_seeds=board["n_seeds"].astype("Int64"))
+    board = board.sort_values(["dataset", "norm", "_rank", "_order", "aggregate", "seed", "robust_acc"],
+                              ascending=[True, True, False, True, True, True, False], kind="stable",
+                              na_position="last")
+    return board.drop(columns=["_rank", "_order"]).reset_index(drop=True)
+
+
+def _per_seed(board: pd.DataFrame) -> pd.DataFrame:
+    """The board's rows of single evaluations (no aggregate rows)."""
+    return board[~board["aggregate"].astype(bool)] if "aggregate" in board else board
+
+
+def _replicates(t: Tables, r: pd.Series) -> list[pd.Series]:
+    """The per-seed rows an aggregate row ``r`` summarises."""
+    b = _per_seed(t.board)
+    seeds = {int(v) for v in str(r["seeds"]).split(",") if v}
+    g = b[(b["dataset"] == r["dataset"]) & (b["norm"] == r["norm"]) & (b["defense"] == r["defense"])]
+    return [row for _, row in g.iterrows() if int(row["seed"]) in seeds]
 
 
 def _column(r: pd.Series) -> str:
@@ -307,10 +372,32 @@ def _fmt_auc(v: Any) -> str:
 
 def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
     a = t.attacks
-    if a.empty:
-        return a
+    if a.empty or bool(r.get("aggregate", False)):
+        return a.iloc[0:0]
     return a[(a["dataset"] == r["dataset"]) & (a["defense"] == r["defense"]) & (a["checkpoint"] == r["checkpoint"])
-             & (a["norm"] == r["norm"])]
+             & (a["norm"] == r["norm"]) & (a["seed"] == r["seed"])]
+
+
+def _fmt_pm(mean: Any, std: Any, auc_like: bool = False) -> str:
+    """``mean ± std`` (accuracies in %, AUC as a fraction)."""
+    if _isnan(mean):
+        return "–"
+    if auc_like:
+        return f"{float(mean):.3f} ± {float(std):.3f}"
+    return f"{100 * float(mean):.1f} ± {100 * float(std):.1f}"
+
+
+def _attack_mean_std(t: Tables, r: pd.Series, column: str, field: str) -> tuple[float, float] | None:
+    """Mean and sample std over an aggregate row's seeds of one attack column (``robust_acc`` or ``auc``)."""
+    vals = []
+    for row in _replicates(t, r):
+        by = {_column(a): a for _, a in _group_attacks(t, row).iterrows()}
+        if column not in by or _isnan(by[column][field]):
+            return None
+        vals.append(float(by[column][field]))
+    if len(vals) < 2:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1))
 
 
 @dataclass
@@ -329,23 +416,40 @@ def leaderboard_sections(t: Tables) -> list[Section]:
     board = t.board
     sections = []
     for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
-        per = pd.concat([_group_attacks(t, r) for _, r in part.iterrows()]) if not t.attacks.empty else t.attacks
+        singles = _per_seed(part)
+        per = pd.concat([_group_attacks(t, r) for _, r in singles.iterrows()]) if not t.attacks.empty else t.attacks
         cols = list(dict.fromkeys(_column(r) for _, r in per.iterrows())) if not per.empty else []
         ns = {c: sorted({int(r["n"]) for _, r in per.iterrows() if _column(r) == c}) for c in cols}
         auc_cols = [c for c in cols if any(not _isnan(r["auc"]) for _, r in per.iterrows() if _column(r) == c)]
         adbd_cols = [c for c in cols if any(not _isnan(r["adbd"]) for _, r in per.iterrows() if _column(r) == c)]
+        # a seed column only where this table holds more than one seed
+        seeded = "seed" in singles and singles["seed"].nunique() > 1
         unit = part["eps_unit"].iloc[0]
         hl = part["headline_label"].iloc[0]
         if unit == "rms":
             hl = f"{hl} (rms {part['headline_in_unit'].iloc[0]:.4g})"
-        head = ["defense", "clean", f"robust @ {hl}", "AUC"]
+        head = ["defense"] + (["seed"] if seeded else []) + ["clean", f"robust @ {hl}", "AUC"]
         head += [c if len(ns[c]) != 1 or ns[c][0] == int(part["n"].max()) else f"{c} (n={ns[c][0]})" for c in cols]
         head += [f"AUC {c}" for c in auc_cols] + [f"ADBD {c}" for c in adbd_cols] + ["n", "flags"]
         rows, flags, notes = [], [], []
         for _, r in part.iterrows():
+            if bool(r.get("aggregate", False)):
+                cells = [r["defense"], f"mean ± std ({r['n_seeds']} seeds)", _fmt_pm(r["clean_acc"], r["clean_acc_std"]),
+                         _fmt_pm(r["robust_acc"], r["robust_acc_std"]), _fmt_pm(r["auc"], r["auc_std"], True)]
+                for c in cols:
+                    ms = _attack_mean_std(t, r, c, "robust_acc")
+                    cells.append(_fmt_pm(*ms) if ms else "–")
+                for c in auc_cols:
+                    ms = _attack_mean_std(t, r, c, "auc")
+                    cells.append(_fmt_pm(*ms, True) if ms else "–")
+                cells += ["–" for _ in adbd_cols] + [str(int(r["n"])), ""]
+                rows.append(cells)
+                flags.append(("", ""))
+                continue
             g = _group_attacks(t, r)
             by = {_column(a): a for _, a in g.iterrows()}
-            cells = [r["defense"], _fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
+            cells = [r["defense"]] + ([str(int(r["seed"]))] if seeded else [])
+            cells += [_fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
             cells += [_fmt(by[c]["robust_acc"]) if c in by else "–" for c in cols]
             cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
             cells += ["–" if c not in by or _isnan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
@@ -353,7 +457,10 @@ def leaderboard_sections(t: Tables) -> list[Section]:
             rows.append(cells)
             flags.append((str(r["flags"] or ""), str(r["flag_details"] or "")))
             if r["sample_note"]:
-                notes.append(f"{r['defense']}: {r['sample_note']}.")
+                who = f"{r['defense']} (seed {int(r['seed'])})" if seeded else str(r["defense"])
+                notes.append(f"{who}: {r['sample_note']}.")
+        if seeded:
+            notes.append("mean ± std: over the seeds, sample standard deviation (ddof=1).")
         sections.append(Section(f"{dataset}, {norm}", head, rows, flags, notes))
     return sections
 
@@ -384,6 +491,9 @@ def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, l
 def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
     entries = []
     for _, r in t.board.iterrows():
+        if bool(r.get("aggregate", False)):
+            entries.append(_aggregate_json(t, r, prov))
+            continue
         g = _group_attacks(t, r)
         per = {_column(a): _num(a["robust_acc"]) for _, a in g.iterrows() if not _isnan(a["robust_acc"])}
         aucs = {_column(a): _num(a["auc"]) for _, a in g.iterrows() if not _isnan(a["auc"])}
@@ -404,9 +514,28 @@ def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
             "sample_note": r["sample_note"] or None, "eps_unit": r["eps_unit"],
             "eps_in_unit": _num(r["headline_in_unit"]),
             "flags": [f for f in str(r["flags"]).split(";") if f],
-            "checkpoint": r["checkpoint"], "command": prov["command"], "versions": prov["versions"],
+            "checkpoint": r["checkpoint"], "seed": int(r["seed"]), "aggregate": False,
+            "command": prov["command"], "versions": prov["versions"],
         })
     return entries
+
+
+def _aggregate_json(t: Tables, r: pd.Series, prov: dict[str, Any]) -> dict[str, Any]:
+    """An aggregate row: means and sample stds (ddof=1) over the seeds, per attack too."""
+    cols = list(dict.fromkeys(_column(a) for row in _replicates(t, r) for _, a in _group_attacks(t, row).iterrows()))
+    per: dict[str, float] = {}
+    per_std: dict[str, float] = {}
+    for c in cols:
+        ms = _attack_mean_std(t, r, c, "robust_acc")
+        if ms:
+            per[c], per_std[c] = ms
+    return {"name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
+            "eps_label": r["headline_label"], "aggregate": True,
+            "seeds": [int(v) for v in str(r["seeds"]).split(",") if v], "n_seeds": int(r["n_seeds"]),
+            **{k: _num(r[k]) for k in AGGREGATED}, **{f"{k}_std": _num(r[f"{k}_std"]) for k in AGGREGATED},
+            "robust_acc_per_attack": per, "robust_acc_per_attack_std": per_std, "n": int(r["n"]),
+            "eps_unit": r["eps_unit"], "eps_in_unit": _num(r["headline_in_unit"]),
+            "command": prov["command"], "versions": prov["versions"]}
 
 
 def _isnan(v: Any) -> bool:
@@ -427,6 +556,8 @@ def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
 
     paths = []
     for (dataset, norm), part in curves.groupby(["dataset", "norm"], sort=False):
+        if "seed" in part and part["seed"].nunique() > 1:  # one line per (defense, seed)
+            part = part.assign(defense=[f"{d} · seed {s}" for d, s in zip(part["defense"], part["seed"])])
         defenses = list(dict.fromkeys(part["defense"]))
         # with many defenses only the worst-case curves are drawn (the CSV has every attack)
         detailed = len(defenses) <= MAX_DETAILED_DEFENSES
@@ -479,12 +610,13 @@ def plot_auc(t: Tables, out: Path) -> list[Path]:
     paths: list[Path] = []
     if t.attacks.empty:
         return paths
-    for dataset, part in t.board.groupby("dataset", sort=False):
+    for dataset, part in _per_seed(t.board).groupby("dataset", sort=False):
+        seeded = "seed" in part and part["seed"].nunique() > 1
         rows = [(r, _group_attacks(t, r)) for _, r in part.iterrows()]
         names = list(dict.fromkeys(_column(a) for _, g in rows for _, a in g.iterrows() if not _isnan(a["auc"])))
         if not names:
             continue
-        labels = [f"{r['defense']} ({r['norm']})" for r, _ in rows]
+        labels = [f"{r['defense']} ({r['norm']}{f', seed {int(r.seed)}' if seeded else ''})" for r, _ in rows]
         mat = np.full((len(rows), len(names) + 1), np.nan)
         for i, (r, g) in enumerate(rows):
             for _, a in g.iterrows():

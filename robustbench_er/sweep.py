@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from robustbench_er.checkpoints import spec_hash
 from robustbench_er.data import Dataset, load_dataset
 from robustbench_er.defended import DefendedModel, check_model_output
 from robustbench_er.errors import UserInputError
-from robustbench_er.registry import defense_label, get_attack, get_defense
+from robustbench_er.registry import DEFENSES, defense_label, get_attack, get_defense, split_variant
 from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 from robustbench_er.trained import Trained, get_or_train
 
@@ -75,6 +75,9 @@ class SweepConfig:
     samples: int | None = 500
     profile: str = "quick"
     seed: int = 0
+    #: several seeds: the sweep runs once per seed (each trains its own checkpoints and has its own
+    #: cells, the seed being part of both identities); ``seed`` is then ignored
+    seeds: list[int] | None = None
     out: Path = Path("results")
     data_dir: str | None = None
     download: bool = False
@@ -99,6 +102,24 @@ class SweepConfig:
     #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
     #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.executor)
     executor: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
+
+
+def seed_configs(cfg: SweepConfig) -> list[SweepConfig]:
+    """One config per seed of ``cfg.seeds`` (``seeds`` cleared), or ``[cfg]`` for one seed."""
+    if not cfg.seeds:
+        return [cfg]
+    return [dataclasses.replace(cfg, seed=int(s), seeds=None) for s in cfg.seeds]
+
+
+def check_seeds(seeds: Sequence[Any] | None) -> list[int] | None:
+    """``seeds`` as distinct integers (None stays None); one sentence otherwise."""
+    if seeds is None:
+        return None
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise UserInputError(f"Seeds must be a non-empty list of integers, e.g. 0,1,2; got {list(seeds)!r}.")
+    if len(set(seeds)) != len(seeds):
+        raise UserInputError(f"Seeds must be distinct; got {list(seeds)!r}.")
+    return [int(s) for s in seeds]
 
 
 def parse_eps(text: str | Sequence[float]) -> list[float]:
@@ -179,6 +200,97 @@ def make_attack(cfg: AttackConfig, norm: str, randomized: bool, eot: int) -> Att
     return cls(norm=norm, **params)
 
 
+@dataclass
+class ModelRef:
+    """A model that an attack's parameter names (``Attack.needs_models``), resolved by
+    :func:`resolve_model` before any work.
+
+    ``key`` names it among the models of the training step (:func:`train_defenses`): the
+    sweep's own defense name when the parameter names one of the sweep's defenses (then it is
+    that very model: its overrides, its checkpoint folder), ``model:<label>`` for another defense
+    or variant, ``folder:<path>`` for a checkpoint folder.
+    """
+
+    key: str
+    #: the defense (or variant) trained or loaded
+    defense: str
+    #: how it is shown: ``<label> (<param>)``
+    label: str
+    overrides: dict[str, Any] | None = None
+    #: a checkpoint folder to load instead of training
+    folder: str | None = None
+
+
+def _looks_like_path(text: str) -> bool:
+    return any(c in text for c in "/\\") or text.startswith((".", "~"))
+
+
+def resolve_model(value: Any, param: str, *, data: Dataset, profile: str, defenses: Sequence[str] = (),
+                  overrides: Mapping[str, dict[str, Any]] | None = None,
+                  checkpoints: Mapping[str, str] | None = None) -> ModelRef:
+    """What an attack's model parameter names: one of the sweep's ``defenses`` (that model), another
+    registered defense or variant (trained with the sweep's dataset, profile and seed), or a
+    checkpoint folder trained on ``data``'s dataset. Reads at most a ``meta.json``; raises a
+    UserInputError (one sentence, starting with ``param``) for anything else."""
+    import difflib
+
+    from robustbench_er.checkpoints import read_meta
+
+    if not isinstance(value, str) or not value.strip():
+        raise UserInputError(f"{param} must name a defense (or a variant NAME[key=value]) or a checkpoint folder,"
+                             f" got {value!r}.")
+    text = value.strip()
+    if not _looks_like_path(text):
+        try:
+            base, _ = split_variant(text)
+        except UserInputError as exc:
+            raise UserInputError(f"{param}: {exc}") from None
+        if base in DEFENSES:
+            label = defense_label(text)
+            for d in defenses:
+                if defense_label(d) == label:  # the sweep's own model, as it is evaluated
+                    return ModelRef(d, d, f"{label} ({param})", dict((overrides or {}).get(d) or {}) or None,
+                                    (checkpoints or {}).get(d))
+            cls = get_defense(text)
+            try:
+                cls.hparams(data.spec.name, profile)
+            except UserInputError as exc:
+                raise UserInputError(f"{param} {text!r}: {exc}") from None
+            if not cls.trainable:
+                raise UserInputError(f"{param} {text!r} cannot be trained; give a checkpoint folder instead.")
+            return ModelRef(f"model:{label}", text, f"{label} ({param})")
+    folder = Path(text).expanduser()
+    if not folder.is_dir() and _looks_like_path(text):
+        raise UserInputError(f"{param} {text!r} is not a checkpoint folder (no such folder).")
+    if not folder.is_dir():
+        close = difflib.get_close_matches(text.lower(), DEFENSES.names(), n=2, cutoff=0.5)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        raise UserInputError(f"{param} {text!r} is neither a registered defense{hint} nor a checkpoint folder.")
+    try:
+        meta = read_meta(folder)
+    except UserInputError as exc:
+        raise UserInputError(f"{param}: {str(exc)[0].lower()}{str(exc)[1:]}") from None
+    if meta.get("dataset") != data.spec.name:
+        raise UserInputError(f"{param}: checkpoint {text!r} was trained on {meta.get('dataset')!r}, not on the"
+                             f" sweep's dataset {data.spec.name!r}.")
+    held = str(meta.get("defense"))
+    if held not in DEFENSES:
+        raise UserInputError(f"{param}: checkpoint {text!r} holds defense {held!r}, which is not registered.")
+    return ModelRef(f"folder:{folder.resolve()}", held, f"{defense_label(held)} from {text} ({param})",
+                    folder=str(folder))
+
+
+def _attached_models(attack: Attack, prep: Prepared, trained: Mapping[str, Trained]) -> dict[str, Trained]:
+    """The trained models an attack's ``needs_models`` parameters name (trained by :func:`train_defenses`)."""
+    out = {}
+    for p in attack.needs_models:
+        ref = prep.models.get(str(getattr(attack.params, p)).strip())
+        if ref is None or ref.key not in trained:
+            raise RuntimeError(f"the model for {attack.name}'s {p!r} is not trained; run train_defenses first")
+        out[p] = trained[ref.key]
+    return out
+
+
 MODES = ("cascade", "independent")
 SEARCHES = ("bisect", "ascending")
 L2_UNITS = ("l2", "rms")
@@ -207,6 +319,8 @@ class Prepared:
     ids: np.ndarray
     attack_grids: list[list[float] | None]
     device: torch.device
+    #: the models attacks' parameters name (``Attack.needs_models``), by the value as given
+    models: dict[str, ModelRef] = field(default_factory=dict)
 
 
 def prepare(cfg: SweepConfig) -> Prepared:
@@ -227,6 +341,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
         raise UserInputError(f"Unknown mode {cfg.mode!r}; use one of {', '.join(MODES)}.")
     if cfg.search not in SEARCHES:
         raise UserInputError(f"Unknown search {cfg.search!r}; use one of {', '.join(SEARCHES)}.")
+    check_seeds(cfg.seeds)
     # validate every name before any work
     for d in cfg.defenses:
         get_defense(d)
@@ -238,6 +353,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
     grid = validate_grid([e * scale for e in cfg.eps], norm, dim)
     ids = data.sample_ids(cfg.samples)
     attack_grids: list[list[float] | None] = []
+    models: dict[str, ModelRef] = {}
     prev_n = len(ids)
     for a in cfg.attacks:
         attack_grids.append(validate_grid([e * scale for e in a.eps], norm, dim) if a.eps is not None else None)
@@ -250,30 +366,46 @@ def prepare(cfg: SweepConfig) -> Prepared:
                 f" ({prev_n}); list attacks from the most to the fewest points, or use mode 'independent'.")
         prev_n = n_a
         # instantiate once to validate the norm and parameters before training anything
-        make_attack(a, norm, False, cfg.eot)
+        attack = make_attack(a, norm, False, cfg.eot)
+        for param in attack.needs_models:
+            value = getattr(attack.params, param)
+            try:
+                models[str(value).strip()] = resolve_model(
+                    value, param, data=data, profile=cfg.profile, defenses=cfg.defenses,
+                    overrides=cfg.defense_overrides, checkpoints=cfg.checkpoints)
+            except UserInputError as exc:
+                raise UserInputError(f"Attack {a.display!r}: {exc}") from None
     for d in cfg.defenses:
         get_defense(d).hparams(data.spec.name, cfg.profile, cfg.defense_overrides.get(d))
-    return Prepared(data, norm, grid, scale, ids, attack_grids, resolve_device(cfg.device))
+    return Prepared(data, norm, grid, scale, ids, attack_grids, resolve_device(cfg.device), models)
 
 
 def train_defenses(cfg: SweepConfig, prep: Prepared,
                    on_train: Callable[[str, Trained], None] | None = None) -> dict[str, Trained]:
     """The training step: train each defense of ``cfg`` or reuse its checkpoint (or load the
-    checkpoint folder the user named), and check that the model's output is usable."""
+    checkpoint folder the user named), then each other model an attack's parameter names
+    (:attr:`Prepared.models`, keyed by :attr:`ModelRef.key`) with the same dataset, profile, seed
+    and output folder, and check that every model's output is usable. ``cfg.seed`` is used
+    (one seed: :func:`seed_configs` splits a sweep over several)."""
     trained: dict[str, Trained] = {}
-    for d in cfg.defenses:
-        t = get_or_train(d, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                         overrides=cfg.defense_overrides.get(d), device=prep.device, progress=cfg.progress,
-                         checkpoint_dir=Path(cfg.checkpoints[d]) if d in cfg.checkpoints else None)
+    jobs = [(d, d, cfg.defense_overrides.get(d), cfg.checkpoints.get(d), d) for d in cfg.defenses]
+    jobs += [(r.key, r.defense, r.overrides, r.folder, r.label) for r in prep.models.values()]
+    for key, defense, overrides, folder, label in jobs:
+        if key in trained:
+            continue
+        t = get_or_train(defense, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
+                         overrides=overrides, device=prep.device, progress=cfg.progress,
+                         checkpoint_dir=Path(folder) if folder else None)
         if on_train:
-            on_train(d, t)
+            on_train(label, t)
         check_model_output(t.model, prep.data.x_test[:4].to(prep.device))
-        trained[d] = t
+        trained[key] = t
     return trained
 
 
 def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
-         on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
+         on_skip: Callable[[str, str, str], None] | None = None,
+         stages: Sequence[int] | None = None) -> list[Cell]:
     """The cells to run for the trained models: no training, no I/O.
 
     In ``cascade`` mode a defense's cells form a chain in the listed attack order: each cell
@@ -284,6 +416,9 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
     A (defense, attack) pair the attack cannot run on (a gradient attack on a defense declared
     non-differentiable, say) is skipped with ``on_skip(defense, attack, reason)`` when the sweep
     has other pairs to run; if nothing is left, the reason is raised as a UserInputError.
+
+    ``stages`` (``--dry-run``) plans only the attacks at these positions, numbered as in the whole
+    sweep; in cascade mode they must be a prefix, since a stage's id holds its upstream's.
     """
     data, norm, grid, scale, ids = prep.data, prep.norm, prep.grid, prep.scale, prep.ids
     cells: list[Cell] = []
@@ -295,7 +430,11 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
         eot = cfg.eot if randomized else 1
         upstream: str | None = None
         for stage, (a, agrid) in enumerate(zip(cfg.attacks, prep.attack_grids)):
+            if stages is not None and stage not in stages:
+                continue
             attack = make_attack(a, norm, randomized, eot)
+            if attack.needs_models:  # the models its parameters name, trained in the training step
+                attack.use_models(_attached_models(attack, prep, trained))
             try:
                 attack.check_model(model)
             except UserInputError as exc:
@@ -331,9 +470,21 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
 
 def plan_sweep(cfg: SweepConfig, on_train: Callable[[str, Trained], None] | None = None,
                on_skip: Callable[[str, str, str], None] | None = None) -> list[Cell]:
-    """The three steps before running: :func:`prepare`, :func:`train_defenses`, :func:`plan`."""
+    """The three steps before running: :func:`prepare`, :func:`train_defenses`, :func:`plan`
+    (the last two once per seed of ``cfg.seeds``)."""
     prep = prepare(cfg)
-    return plan(cfg, prep, train_defenses(cfg, prep, on_train), on_skip)
+    cells: list[Cell] = []
+    for c in seed_configs(cfg):
+        cells += plan(c, prep, train_defenses(c, prep, _seed_named(on_train, c, cfg)), on_skip)
+    return cells
+
+
+def _seed_named(on_train: Callable[[str, Trained], None] | None, c: SweepConfig,
+                cfg: SweepConfig) -> Callable[[str, Trained], None] | None:
+    """``on_train`` with the seed added to the name when the sweep runs several seeds."""
+    if on_train is None or not cfg.seeds or len(cfg.seeds) < 2:
+        return on_train
+    return lambda name, t: on_train(f"{name}, seed {c.seed}", t)
 
 
 @dataclass
@@ -347,6 +498,7 @@ class CellSummary:
     robust: dict[float, float]
     seconds: float
     resumed: bool
+    seed: int = 0
 
 
 class _Interrupt(Exception):
@@ -594,7 +746,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
     info = store.cell(cell.cell_id) or {}
     return CellSummary(cell.cell_id, cell.defense, cell.attack_cfg.display, cell.spec["norm"], len(out),
                        float(out["clean_correct"].mean()), dict(zip(cell.grid, acc.tolist())),
-                       float(info.get("seconds") or 0.0), resumed)
+                       float(info.get("seconds") or 0.0), resumed, int(cell.seed))
 
 
 def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
@@ -610,9 +762,11 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     out = Path(cfg.out)
     prep = prepare(cfg)
     executor = make_executor(cfg.executor)
-    if executor is not None:
-        executor.train(cfg, prep)  # training jobs as tasks; the driver then loads the checkpoints
-    cells = plan(cfg, prep, train_defenses(cfg, prep, on_train), on_skip)
+    cells: list[Cell] = []
+    for c in seed_configs(cfg):  # every seed trained and planned before any cell runs
+        if executor is not None:
+            executor.train(c, prep)  # training jobs as tasks; the driver then loads the checkpoints
+        cells += plan(c, prep, train_defenses(c, prep, _seed_named(on_train, c, cfg)), on_skip)
     store = Store(out)
     try:
         config = dataclasses.asdict(cfg)

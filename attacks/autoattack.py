@@ -83,6 +83,12 @@ class AutoAttackParams(AttackParams):
     version: str | None = None
     attacks: list[str] | None = field(default=None)
     batch_size: int = 500
+    #: iterations of the APGD components (APGD-CE, APGD-DLR, APGD-T); None keeps pyautoattack's
+    #: 100, the published evaluation. Fewer is a weaker, cheaper attack (quick runs, smoke tests)
+    n_iter: int | None = None
+    #: restarts of the APGD components; None keeps what the version sets (1 for standard, 5 for
+    #: custom, pyautoattack's defaults)
+    n_restarts: int | None = None
 
 
 @register_attack("autoattack")
@@ -119,6 +125,10 @@ class AutoAttackAdapter(FixedEpsilonAttack):
             raise UserInputError("AutoAttack's attacks list is only used with version='custom'.")
         if p.batch_size < 1:
             raise UserInputError(f"AutoAttack batch_size must be at least 1; got {p.batch_size}.")
+        for name in ("n_iter", "n_restarts"):
+            value = getattr(p, name)
+            if value is not None and value < 1:
+                raise UserInputError(f"AutoAttack {name} must be at least 1; got {value}.")
 
     #: model evaluations per point of each component at pyautoattack's standard settings, for a
     #: point that survives it (a broken point stops sooner): APGD 100 iterations of a forward and
@@ -134,7 +144,8 @@ class AutoAttackAdapter(FixedEpsilonAttack):
             return 2 * 200 * 20
         else:
             parts = ["apgd-ce", "apgd-t", "fab-t", "square"]
-        return sum(self.COMPONENT_EVALUATIONS.get(a, 200) for a in parts) * max(1, int(p.eot))
+        scale = {a: (p.n_iter or 100) / 100 * (p.n_restarts or 1) for a in ("apgd-ce", "apgd-dlr", "apgd-t")}
+        return int(sum(self.COMPONENT_EVALUATIONS.get(a, 200) * scale.get(a, 1) for a in parts)) * max(1, int(p.eot))
 
     def resolved_version(self, model: DefendedModel) -> str:
         """The version to run: the one asked for, else 'rand' for randomized models, else 'standard'."""
@@ -152,6 +163,14 @@ class AutoAttackAdapter(FixedEpsilonAttack):
         aa.verbose = False
         if version == "rand":
             aa.apgd.eot_iter = self.params.eot
+        for apgd in (aa.apgd, aa.apgd_targeted):
+            if self.params.n_iter is not None:  # the schedule's checkpoints follow n_iter, as pyautoattack sets them
+                apgd.n_iter = self.params.n_iter
+                apgd.n_iter_2 = max(int(0.22 * apgd.n_iter), 1)
+                apgd.n_iter_min = max(int(0.06 * apgd.n_iter), 1)
+                apgd.size_decr = max(int(0.03 * apgd.n_iter), 1)
+            if self.params.n_restarts is not None:
+                apgd.n_restarts = self.params.n_restarts
         return aa
 
     def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,

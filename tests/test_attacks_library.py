@@ -95,6 +95,25 @@ def test_autoattack_adapter_equals_direct_call(batch) -> None:
     assert 0 < int((ours & clean_ok).sum()) < int(clean_ok.sum())
 
 
+def test_autoattack_n_iter_sets_apgd_schedule_and_cost(batch) -> None:
+    """``n_iter`` and ``n_restarts`` reach pyautoattack's APGD objects (with the schedule's
+    checkpoints it derives from n_iter), cost less, and a 2-iteration APGD-CE breaks no more
+    points than the 100-iteration one on the same points."""
+    model, x, y = batch
+    x, y = x[:16], y[:16]
+    full = get_attack("autoattack")(norm="Linf", version="custom", attacks=["apgd-ce"], n_restarts=1)
+    short = get_attack("autoattack")(norm="Linf", version="custom", attacks=["apgd-ce"], n_iter=2, n_restarts=1)
+    aa = short.build(model, 0.08, 0, torch.device("cpu"))
+    assert (aa.apgd.n_iter, aa.apgd.n_restarts, aa.apgd.n_iter_2) == (2, 1, 1)
+    assert short.evaluations_per_point() == 4 < full.evaluations_per_point() == 200
+    e = torch.full((16,), 0.08)
+    broken = [verify(model, x, a.run(model, x, y, e, generator=torch.Generator().manual_seed(7)), y, "Linf", e)[0]
+              for a in (short, full)]
+    assert int(broken[0].sum()) <= int(broken[1].sum())
+    with pytest.raises(UserInputError, match="n_iter must be at least 1"):
+        get_attack("autoattack")(norm="Linf", n_iter=0)
+
+
 class _NoisyNet(nn.Module):
     """A network whose logits carry random noise (a stand-in for a randomized defense)."""
 

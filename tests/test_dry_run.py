@@ -25,12 +25,16 @@ def test_reference_experiment_plan_lists_every_job(tmp_path, capsys):
     assert main(["run", str(ROOT / "configs" / "mnist5k_reference.yaml"), "--out", str(out), "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert _tree(out) == before  # nothing written: no store, no lease, no checkpoint touched
-    trains = re.findall(r"^  train (\S+)\s+(cached|to train)", text, re.M)
-    cells = re.findall(r"^  cell  (\S+) x (\S+)\s+(cached|new|partial \(\d+ steps\)|after training)", text, re.M)
-    assert {d for d, _ in trains} == {"none", "madry", "trades", "rse", "er-classifier", "er-classifier-", "er-trades",
-                                      "e-cla", "vae-cla", "afd", "afd-matching", "defense-gan"}
-    assert all(state == "cached" for _, state in trains)  # the committed checkpoints are the ones it asks for
-    assert len(cells) == 11 * 2 + 11 + 2  # cascade pgd -> autoattack, C&W, Defense-GAN's pgd -> rays
+    trains = re.findall(r"^  train (\S+)(?: \(seed (\d)\))?\s+(cached|to train)", text, re.M)
+    cells = re.findall(r"^  cell  (\S+) x (.+?)(?: \(seed (\d)\))?\s+(cached|new|partial \(\d+ steps\)|after training)",
+                       text, re.M)
+    assert {d for d, _, _ in trains} == {"none", "madry", "trades", "rse", "er-classifier", "er-classifier-", "er-trades",
+                                         "e-cla", "vae-cla", "afd", "afd-matching", "defense-gan"}
+    assert all(state == "cached" for _, _, state in trains)  # the committed checkpoints are the ones it asks for
+    assert {(d, seed) for d, seed, _ in trains if seed} == {(d, s) for d in ("none", "madry", "afd") for s in "012"}
+    # cascade pgd -> autoattack, C&W, Defense-GAN's pgd -> rays, the transfer sweep, and the seeds sweep (3 x 3 x 2)
+    assert len(cells) == 11 * 2 + 11 + 2 + 11 + 3 * 3 * 2
+    assert sum("transferred from none" in a for _, a, _, _ in cells) == 11
     assert "Nothing was written." in text
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
+from tiny_folders import SHRINK as SHRINK_TRAIN
 from tiny_folders import WRITERS
 
 from robustbench_er.cli import main
@@ -22,9 +23,6 @@ from robustbench_er.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("paper_*.yaml"))
 
-#: hyper-parameters that set a training schedule's length (whichever a defense has)
-SHRINK_TRAIN = {"epochs": 1, "batch_size": 2, "train_samples": 2, "gan_iters": 1, "gan_batch_size": 2,
-                "restarts": 1, "rec_steps": 2, "n_passes": 2, "attack_steps": 1}
 #: attack parameters that set an attack's length, and their caps
 SHRINK_ATTACK = {"steps": 2, "query_budget": 30, "binary_search_steps": 1, "n_queries": 30,
                  "init_directions": 5, "n_restarts": 1}

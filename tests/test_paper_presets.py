@@ -12,6 +12,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_folders import SHRINK
 
 from robustbench_er.data import SPECS, Dataset
 from robustbench_er.registry import DEFENSES, get_attack, get_defense
@@ -19,9 +20,6 @@ from robustbench_er.registry import DEFENSES, get_attack, get_defense
 CASES = [(d, ds) for d in DEFENSES.names() for ds, per in sorted(get_defense(d).presets.items())
          if "paper" in per and ds in SPECS]
 
-#: hyper-parameters that set the schedule's length (whichever a defense has)
-SHRINK = {"epochs": 1, "batch_size": 2, "train_samples": 2, "gan_iters": 1, "gan_batch_size": 2,
-          "restarts": 1, "rec_steps": 2, "n_passes": 2, "attack_steps": 1}
 
 
 def _tiny(spec) -> Dataset:

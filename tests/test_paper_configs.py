@@ -82,9 +82,19 @@ def _attack_entry(entry: Any) -> Any:
     if name == "autoattack":  # APGD-CE alone, 2 iterations: the adapter's whole path, a fraction of the time
         params.update(version="custom", attacks=["apgd-ce"], n_iter=2, n_restarts=1)
     entry["params"] = params
-    if entry.get("samples") is not None:
-        entry["samples"] = min(int(entry["samples"]), POINTS)
     return entry
+
+
+def _cap_samples(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with every sample count (the file's, each sweep's, each attack's) at most POINTS."""
+    raw["samples"] = POINTS
+    for level in [raw, *(raw.get("sweeps") or [])]:
+        if level is not raw and level.get("samples") is not None:
+            level["samples"] = min(int(level["samples"]), POINTS)
+        for a in level.get("attacks") or []:
+            if isinstance(a, dict) and a.get("samples") is not None:
+                a["samples"] = min(int(a["samples"]), POINTS)
+    return raw
 
 
 def shrink(raw: dict[str, Any], data_dir: Path, out: Path) -> dict[str, Any]:
@@ -100,9 +110,7 @@ def shrink(raw: dict[str, Any], data_dir: Path, out: Path) -> dict[str, Any]:
             level["defenses"] = [_defense_entry(d) for d in level["defenses"]]
         if "attacks" in level:
             level["attacks"] = [_attack_entry(a) for a in level["attacks"]]
-        if level is not raw and level.get("samples") is not None:
-            level["samples"] = min(int(level["samples"]), POINTS)
-    return raw
+    return _cap_samples(raw)
 
 
 def _defenses_of(raw: dict[str, Any]) -> set[str]:
@@ -121,13 +129,7 @@ def test_paper_config_states_its_cost_and_plans_every_job(path, tmp_path, capsys
     assert re.search(r"^# Expected cost", path.read_text(), re.M), "the file states its expected GPU cost"
     assert raw["profile"] == "paper"
     folder = _dataset_folder(raw, tmp_path / "data")
-    run = dict(raw, data_dir=str(folder), samples=POINTS)
-    for level in run.get("sweeps") or []:
-        if level.get("samples") is not None:
-            level["samples"] = min(int(level["samples"]), POINTS)
-        for a in level.get("attacks") or []:
-            if isinstance(a, dict) and a.get("samples") is not None:
-                a["samples"] = min(int(a["samples"]), POINTS)
+    run = _cap_samples(dict(copy.deepcopy(raw), data_dir=str(folder)))
     file = tmp_path / path.name
     file.write_text(yaml.safe_dump(run))
     out = tmp_path / "out"

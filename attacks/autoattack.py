@@ -50,6 +50,7 @@ import torch
 from robustbench_er.attack import (
     AttackParams,
     FixedEpsilonAttack,
+    added_field,
     clip_to_ball,
     draw_seed,
     eps_groups,
@@ -85,10 +86,10 @@ class AutoAttackParams(AttackParams):
     batch_size: int = 500
     #: iterations of the APGD components (APGD-CE, APGD-DLR, APGD-T); None keeps pyautoattack's
     #: 100, the published evaluation. Fewer is a weaker, cheaper attack (quick runs, smoke tests)
-    n_iter: int | None = None
+    n_iter: int | None = added_field(None)
     #: restarts of the APGD components; None keeps what the version sets (1 for standard, 5 for
     #: custom, pyautoattack's defaults)
-    n_restarts: int | None = None
+    n_restarts: int | None = added_field(None)
 
 
 @register_attack("autoattack")
@@ -100,11 +101,6 @@ class AutoAttackAdapter(FixedEpsilonAttack):
     Params = AutoAttackParams
     leaderboard_field = "autoattack_acc"
     search_retry = False  # four attacks with their own restarts: a second pass costs as much and adds little
-
-    def __init__(self, norm: str = "Linf", **params: Any) -> None:
-        super().__init__(norm, **params)
-        #: AutoAttack's own check messages from the runs so far (shown as flags)
-        self.warnings: list[str] = []
 
     def validate(self) -> None:
         p = self.params

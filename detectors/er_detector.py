@@ -10,7 +10,9 @@ and noisy images.
 * ``er2`` uses Z' = the per-layer means of the encoder's hidden outputs concatenated with z
   (``model.hidden(x, part="encoder")``; on a network without an ``encoder`` part, every hidden
   layer).
-* ER1- and ER2- (Table 14) are these detectors on the ``er-classifier-`` model.
+* ER1- and ER2- (Table 14, appendix D.2) are these detectors on a network with only the encoder
+  and the classifier (no discriminator, no regulariser): the ``e-cla`` model. Not on
+  ``er-classifier-``, which keeps the regulariser and only drops the min-max training.
 
 Parameters: ``bandwidth`` (the paper gives none; default "scott", scikit-learn's rule of thumb
 on the fitted codes), ``fit_points`` (natural training points the KDEs are fitted on, 2,000).

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +28,8 @@ import torch
 
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
+from robustbench_er.identity import added_field as added_field
+from robustbench_er.identity import identity_params, with_version
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Analysis:
     Params: ClassVar[type] = AnalysisParams
     needs_model: ClassVar[bool] = True
     needs_embedding: ClassVar[bool] = False
+    #: behaviour version: bump it when a change alters results (see :mod:`robustbench_er.identity`)
+    version: ClassVar[int] = 0
 
     def __init__(self, **params: Any) -> None:
         import dataclasses
@@ -131,7 +135,7 @@ class Analysis:
         raise NotImplementedError
 
     def identity(self) -> dict[str, Any]:
-        return {"analysis": self.name, "params": asdict(self.params)}
+        return with_version({"analysis": self.name, "params": identity_params(self.params)}, self.version)
 
 
 def validate_analysis_class(name: str, obj: Any) -> None:

@@ -106,6 +106,12 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
     return AnalysisPlan(data, defenses, analyses, labels, profile, seed, overrides, device, Path(out))
 
 
+def analysis_identity(analysis: Any, plan: AnalysisPlan, checkpoint: str) -> dict[str, Any]:
+    """What an analysis result is keyed on: the analysis and its parameters, the dataset, and the
+    identity of the checkpoint it read ("" for an analysis of the dataset alone)."""
+    return {**analysis.identity(), "dataset": plan.data.spec.name, "checkpoint": checkpoint}
+
+
 def run_analysis_job(plan: AnalysisPlan, command: str, progress: bool = True,
                      say: Callable[[str], None] = print) -> dict[str, Path]:
     """Train or load each defense, run every analysis not in the store yet, write the outputs."""
@@ -132,7 +138,7 @@ def run_analysis_job(plan: AnalysisPlan, command: str, progress: bool = True,
                                                  progress=progress)
                     model, ckpt = models[d].model.eval(), models[d].identity
                     a.check_model(model, d)
-                identity = {**a.identity(), "dataset": plan.data.spec.name, "checkpoint": ckpt}
+                identity = analysis_identity(a, plan, ckpt)
                 key = result_key(identity)
                 name = d or plan.data.spec.name  # an analysis of the dataset alone is filed under its name
                 identity.update(defense=name, label=label)  # for the summary, not part of the key

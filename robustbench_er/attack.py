@@ -44,6 +44,8 @@ import torch
 
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
+from robustbench_er.identity import added_field as added_field
+from robustbench_er.identity import identity_params, with_version
 
 NORMS = ("Linf", "L2", "L1")
 KINDS = ("fixed", "min")
@@ -97,6 +99,9 @@ class Attack:
     #: string parameters naming another model the attack uses (a defense, variant or checkpoint
     #: folder); the sweep resolves them to trained models and calls :meth:`use_models`
     needs_models: ClassVar[tuple[str, ...]] = ()
+    #: behaviour version: bump it when a change alters results (its cells are then recomputed);
+    #: a new parameter whose default keeps the old behaviour is an ``added_field`` instead
+    version: ClassVar[int] = 0
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         self.norm = canonical_norm(norm)
@@ -118,6 +123,9 @@ class Attack:
             raise UserInputError(f"EOT samples must be at least 1; got {self.params.eot}.")
         self.validate()
         self.queries = 0
+        #: messages about the evaluation (an adapter passes on its library's own checks here);
+        #: the runner clears them before each batch and stores what the batch added with its step
+        self.warnings: list[str] = []
         #: set by :meth:`check_model` when gradients come from the defense's BPDA approximation
         self.bpda = False
         #: the models named by ``needs_models`` (parameter -> ``trained.Trained``), once attached
@@ -155,8 +163,12 @@ class Attack:
         return self.models[param].model
 
     def describe(self) -> dict[str, Any]:
-        params = dataclasses.asdict(self.params)
-        out: dict[str, Any] = {"attack": self.name, "norm": self.norm, "params": params}
+        """The attack's part of a cell's identity (see :mod:`robustbench_er.identity`): its name,
+        norm and parameters (a parameter declared with ``added_field`` only when set), its
+        ``version`` when nonzero, the identities of the models it uses, and BPDA."""
+        params = identity_params(self.params)
+        out: dict[str, Any] = with_version({"attack": self.name, "norm": self.norm, "params": params},
+                                           self.version)
         if self.models:
             # a model parameter is recorded by the identity of the model it named (measured on its
             # weights), not by the name or folder path that named it

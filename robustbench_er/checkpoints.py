@@ -21,6 +21,7 @@ from torch import nn
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
 from robustbench_er.files import atomic_path, write_text_atomic
+from robustbench_er.identity import identity_params, with_version
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,12 @@ def spec_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:length]
 
 
-def checkpoint_spec(defense: str, dataset: str, profile: str, hp: Any, seed: int) -> dict[str, Any]:
-    return {"defense": defense, "dataset": dataset, "profile": profile,
-            "hparams": dataclasses.asdict(hp), "seed": int(seed)}
+def checkpoint_spec(defense: str, dataset: str, profile: str, hp: Any, seed: int,
+                    version: int = 0) -> dict[str, Any]:
+    """A training job's identity (its checkpoint folder's hash): hyper-parameters declared with
+    ``added_field`` only when set, the defense's behaviour ``version`` when nonzero."""
+    return with_version({"defense": defense, "dataset": dataset, "profile": profile,
+                         "hparams": identity_params(hp), "seed": int(seed)}, version)
 
 
 def _weights_hash(state: dict[str, torch.Tensor]) -> str:

@@ -23,8 +23,9 @@ Per cell:
   (Linf 0.5, L2 0.5 sqrt(d), L1 0.5 d) the attack leaves more than 10% standing;
 * ``noise-stronger``: random noise of the same norm at the cell's largest eps breaks more of
   (up to 64) clean-correct points than the attack did at that eps;
-* ``attack-warnings``: the attack object reports warnings (``attack.warnings``, a list of
-  strings; the AutoAttack adapter passes on AutoAttack's own checks);
+* ``attack-warnings``: the attack reported warnings while computing the cell (``attack.warnings``,
+  a list of strings, stored with each step; the AutoAttack adapter passes on AutoAttack's own
+  checks);
 * ``bpda-gradients``: a gradient attack ran on a defense's BPDA approximation (information:
   its gradients are approximate, its examples were verified on the real defense).
 
@@ -278,10 +279,9 @@ def noise_flags(model: Any, x: torch.Tensor, y: torch.Tensor, broken_at: np.ndar
     return {}
 
 
-def attack_warning_flags(attack: Any) -> dict[str, str]:
-    """Warnings an attack adapter reports about the evaluation (``attack.warnings``)."""
-    warnings = getattr(attack, "warnings", None)
-    if isinstance(warnings, (list, tuple)) and warnings:
+def attack_warning_flags(warnings: list[str]) -> dict[str, str]:
+    """The messages an attack gave about the evaluation while computing a cell (read from the store)."""
+    if warnings:
         text = " | ".join(" ".join(str(w).split()) for w in warnings)
         return {"attack-warnings": text}
     return {}
@@ -322,7 +322,7 @@ def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
         flags.update(noise_flags(model, cell.dataset.x_test[cids].to(dev), cell.dataset.y_test[cids].to(dev),
                                  correct["broken_at"].to_numpy(dtype=float), grid[-1], norm, int(cell.eot),
                                  _seed(cell.cell_id, "noise"), label))
-    flags.update(attack_warning_flags(cell.attack))
+    flags.update(attack_warning_flags(store.warnings(cell.cell_id)))
     flags.update(bpda_flags(cell.spec.get("attack", {}), label))
     return flags
 

@@ -265,12 +265,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dry_run(configs: Sequence[Any]) -> int:
-    from robustbench_er.dryrun import plan_rows, render
+def _dry_run(configs: Sequence[Any], detections: Sequence[Any] = (), analyses: Sequence[Any] = ()) -> int:
+    from robustbench_er.dryrun import analysis_rows, detection_rows, plan_rows, render
 
-    frames = [plan_rows(cfg) for cfg in configs]
-    names = [f"{cfg.dataset}, {cfg.norm}, {', '.join(a.display for a in cfg.attacks)}, {cfg.mode}, out {cfg.out}"
-             for cfg in configs]
+    frames = [detection_rows(p) for p in detections] + [analysis_rows(a) for a in analyses]
+    names = [f"detect: {p.data.spec.name}, {', '.join(p.defenses)} x {', '.join(p.setups[0].detectors)},"
+             f" trained on {', '.join(s.train_attack.display for s in p.setups)}, tested by"
+             f" {', '.join(a.display for a in p.setups[0].test_attacks)}, out {p.out}" for p in detections]
+    names += [f"analyze: {a.data.spec.name}, {', '.join(a.labels)} on {', '.join(a.defenses) or 'the dataset'},"
+              f" out {a.out}" for a in analyses]
+    frames += [plan_rows(cfg) for cfg in configs]
+    names += [f"{cfg.dataset}, {cfg.norm}, {', '.join(a.display for a in cfg.attacks)}, {cfg.mode}, out {cfg.out}"
+              for cfg in configs]
     print(render(frames, names))
     return 0
 
@@ -321,14 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     plans = [plan_detection(job, where=where) for job, where in exp.detect]
     analyses = [plan_analysis(job, where=where) for job, where in exp.analyze]
     if args.dry_run:
-        for p in plans:
-            print(f"detect: {p.data.spec.name}, {', '.join(p.defenses)} x {', '.join(p.setups[0].detectors)},"
-                  f" trained on {', '.join(s.train_attack.display for s in p.setups)}, tested by"
-                  f" {', '.join(a.display for a in p.setups[0].test_attacks)}, out {p.out}")
-        for a in analyses:
-            print(f"analyze: {a.data.spec.name}, {', '.join(a.labels)} on {', '.join(a.defenses) or 'the dataset'},"
-                  f" out {a.out}")
-        return _dry_run(configs) if configs else 0
+        return _dry_run(configs, plans, analyses)
     for cfg in configs:
         _run_config(cfg, _command(), args.quiet)
     for st in exp.studies:

@@ -32,6 +32,7 @@ from robustbench_er.data import Dataset, DatasetSpec
 from robustbench_er.defended import OUTPUTS, DefendedModel, check_model_output, device_of
 from robustbench_er.errors import UserInputError
 from robustbench_er.hparams import PROFILES, AdversarialHParams, HParams
+from robustbench_er.identity import added_field
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class Defense:
     bpda: ClassVar[bool] = False
     #: a defense that only loads given weights (no training) sets this to False
     trainable: ClassVar[bool] = True
+    #: behaviour version: bump it when a change alters the trained weights (checkpoints are then
+    #: retrained); a new hyper-parameter whose default keeps the old behaviour is an
+    #: ``added_field`` instead (see :mod:`robustbench_er.identity`)
+    version: ClassVar[int] = 0
 
     def build(self, spec: DatasetSpec, hp: Any) -> nn.Module:
         raise NotImplementedError
@@ -136,4 +141,5 @@ def validate_defense_class(name: str, obj: Any) -> None:
 from robustbench_er.training import accuracy, fit, make_optimizer, training_batches  # noqa: E402
 
 __all__ = ["OUTPUTS", "PROFILES", "AdversarialHParams", "DefendedModel", "Defense", "HParams", "accuracy",
+           "added_field",
            "check_model_output", "device_of", "fit", "make_optimizer", "training_batches", "validate_defense_class"]

@@ -301,11 +301,43 @@ def threat(cfg: Any, setup: DetectionSetup, dim: int) -> tuple[Any, str, float, 
     return AttackConfig(cfg.name, params, label=cfg.label), norm, given, l2
 
 
-def _key(identity: dict[str, Any]) -> str:
+def cell_key(identity: dict[str, Any]) -> str:
+    """The store key of a detection cell (a hash of its identity)."""
     import hashlib
     import json
 
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def detection_cells(defense: str, trained: Any, data: Any, setup: DetectionSetup
+                    ) -> tuple[dict[str, Any], list[tuple[str, Any, str, float, float, int]],
+                               dict[tuple[str, str], dict[str, Any]]]:
+    """The detection cells of one defense and training attack: the identity every cell shares,
+    the test attacks (label, attack config, norm, given bound, bound in the norm, position), and
+    (detector, test label) -> the cell's identity (its store key is :func:`cell_key` of it).
+    Pure: reads the setup and the checkpoint's identity, runs nothing."""
+    dim = int(np.prod(data.x_test.shape[1:]))
+    eot = setup.eot if bool(getattr(trained.model, "randomized", False)) else 1
+    t_cfg, t_norm, _, t_eps = threat(setup.train_attack, setup, dim)
+    base = {"dataset": data.spec.name, "defense": defense, "checkpoint": getattr(trained, "identity", ""),
+            "train": [t_cfg.name, t_cfg.params, t_norm, t_eps], "samples": setup.samples, "split": setup.split,
+            "split_seed": setup.split_seed, "seed": setup.seed, "eot": eot}
+    tests = []
+    for i, cfg in enumerate(setup.test_attacks):
+        c, norm, given, eps = threat(cfg, setup, dim)
+        tests.append((cfg.display, c, norm, given, eps, i))
+
+    def ident(det: str, test: Any) -> dict[str, Any]:
+        return {**base, "detector": det, "test": test}
+
+    wanted: dict[tuple[str, str], dict[str, Any]] = {}
+    for dname in setup.detectors:
+        for label, c, norm, _, eps, _ in tests:
+            wanted[(dname, label)] = ident(dname, [c.name, c.params, norm, eps])
+        if setup.adaptive and t_norm == "Linf":
+            wanted[(dname, f"adaptive pgd vs {dname}")] = ident(dname, ["adaptive-pgd", setup.adaptive_steps,
+                                                                         "Linf", t_eps])
+    return base, tests, wanted
 
 
 def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
@@ -323,35 +355,17 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
     from robustbench_er.sweep import make_attack
 
     model: DefendedModel = trained.model.eval()
-    dim = int(np.prod(data.x_test.shape[1:]))
     ids = data.sample_ids(setup.samples)
     x, y = data.x_test[ids], data.y_test[ids]
     randomized = bool(model.randomized)
-    eot = setup.eot if randomized else 1
-    t_cfg, t_norm, t_given, t_eps = threat(setup.train_attack, setup, dim)
-    base = {"dataset": data.spec.name, "defense": defense, "checkpoint": getattr(trained, "identity", ""),
-            "train": [t_cfg.name, t_cfg.params, t_norm, t_eps], "samples": setup.samples, "split": setup.split,
-            "split_seed": setup.split_seed, "seed": setup.seed, "eot": eot}
-    tests = []
-    for i, cfg in enumerate(setup.test_attacks):
-        c, norm, given, eps = threat(cfg, setup, dim)
-        tests.append((cfg.display, c, norm, given, eps, i))
+    base, tests, wanted = detection_cells(defense, trained, data, setup)
+    eot = base["eot"]
+    t_cfg, t_norm, t_given, t_eps = threat(setup.train_attack, setup, int(np.prod(data.x_test.shape[1:])))
     adaptive = setup.adaptive and t_norm == "Linf"
-
-    def ident(det: str, test: Any) -> dict[str, Any]:
-        return {**base, "detector": det, "test": test}
-
-    wanted: dict[tuple[str, str], dict[str, Any]] = {}
-    for dname in setup.detectors:
-        for label, c, norm, _, eps, _ in tests:
-            wanted[(dname, label)] = ident(dname, [c.name, c.params, norm, eps])
-        if adaptive:
-            wanted[(dname, f"adaptive pgd vs {dname}")] = ident(dname, ["adaptive-pgd", setup.adaptive_steps,
-                                                                         "Linf", t_eps])
     done: dict[tuple[str, str], Any] = {}
     if store is not None:
         for k, idt in wanted.items():
-            got = store.detection_row(_key(idt))
+            got = store.detection_row(cell_key(idt))
             if got is not None:
                 done[k] = got
     missing_dets = [d for d in setup.detectors if any(k[0] == d and k not in done for k in wanted)]
@@ -373,7 +387,7 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
         test_sets = {}
         for label, c, norm, given, eps, i in tests:
             if any((d, label) not in done for d in missing_dets):
-                ck = _key({**base, "train": None, "test": [c.name, c.params, norm, eps, i]})
+                ck = cell_key({**base, "train": None, "test": [c.name, c.params, norm, eps, i]})
                 if crafted is None or ck not in crafted:
                     adv2, ok2 = examples(c, norm, eps, set2, 100 + i)
                     if crafted is not None:
@@ -410,7 +424,7 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
                        **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg)}
                 if store is not None and (dname, label) in wanted:
                     idt = wanted[(dname, label)]
-                    store.put_detection_row(_key(idt), idt, row, (s_adv[ok2], s_neg))
+                    store.put_detection_row(cell_key(idt), idt, row, (s_adv[ok2], s_neg))
                 done[(dname, label)] = (row, (s_adv[ok2], s_neg))
     for k in wanted:
         if k in done:

@@ -29,6 +29,19 @@ import pandas as pd
 from robustbench_er.errors import UserInputError
 
 
+def _stored_keys(path: Path, table: str) -> set[str]:
+    """The keys of a store table (``detection``, ``analyses``), read-only; empty without a store."""
+    if not path.is_file():
+        return set()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {str(r[0]) for r in conn.execute(f"SELECT key FROM {table}")}  # noqa: S608 (a fixed name)
+    except sqlite3.OperationalError:  # a store written before the table existed
+        return set()
+    finally:
+        conn.close()
+
+
 def _store_state(path: Path) -> dict[str, tuple[str, int]]:
     """cell id -> (status, finished steps), read-only; empty when there is no store yet."""
     if not path.is_file():
@@ -141,16 +154,91 @@ def render(frames: list[pd.DataFrame], names: list[str]) -> str:
     """The plan as text, one block per sweep, with the total of evaluations still to spend."""
     lines = []
     total = 0
-    for i, (df, name) in enumerate(zip(frames, names)):
-        lines.append(f"sweep {i + 1} ({name}):")
+    sweeps = 0
+    for df, name in zip(frames, names):
+        if name.startswith(("detect:", "analyze:")):
+            lines.append(name)
+        else:
+            sweeps += 1
+            lines.append(f"sweep {sweeps} ({name}):")
         several = "seed" in df and df["seed"].nunique() > 1
         for r in df.itertuples():
             ev = f"{int(r.evaluations):,}" if r.evaluations != "" else ""
             what = f"{r.defense}" + (f" x {r.attack}" if r.attack else "") + (f" (seed {r.seed})" if several else "")
             calls = f"{r.calls_per_point} calls/pt" if r.calls_per_point != "" else ""
-            lines.append(f"  {r.job:<5} {what:<40} {r.state:<18} n={r.points:<6} {calls:<12} {ev:>16}  {r.where}")
+            n = f"n={r.points}" if r.points != "" else ""
+            lines.append(f"  {r.job:<5} {what:<40} {r.state:<18} {n:<8} {calls:<12} {ev:>16}  {r.where}")
             if r.evaluations != "":
                 total += int(r.evaluations)
     lines.append(f"at most {total:,} model evaluations (forward or backward passes) left to spend in cells;"
                  " training jobs marked 'to train' come on top. Nothing was written.")
     return "\n".join(lines)
+
+
+def _model_job(defense: str, plan: Any) -> tuple[dict[str, Any], Any]:
+    """The training row of a detection or analysis job's defense and, if its checkpoint exists,
+    the loaded model (its identity keys the job's results), else None."""
+    from robustbench_er.trained import checkpoint_folder, get_or_train
+
+    folder = checkpoint_folder(defense, plan.data, profile=plan.profile, seed=plan.seed, out=plan.out,
+                               overrides=plan.overrides)
+    cached = (folder / "meta.json").is_file()
+    row = {"job": "train", "defense": defense, "attack": "", "state": "cached" if cached else "to train",
+           "points": len(plan.data.y_train), "calls_per_point": "", "evaluations": "", "where": str(folder),
+           "seed": plan.seed}
+    trained = None
+    if cached:
+        trained = get_or_train(defense, plan.data, profile=plan.profile, seed=plan.seed, out=plan.out,
+                               overrides=plan.overrides, device="cpu", progress=False, measure=False)
+    return row, trained
+
+
+def detection_rows(plan: Any) -> pd.DataFrame:
+    """``--dry-run`` of a detection job: each defense's training job, then each detection cell
+    (detector x training attack x test attack) with its cache state in the job's store."""
+    from robustbench_er.detection import cell_key, detection_cells
+
+    stored = _stored_keys(Path(plan.out) / "store.sqlite", "detection")
+    rows: list[dict[str, Any]] = []
+    for d in plan.defenses:
+        train_row, trained = _model_job(d, plan)
+        rows.append(train_row)
+        for setup in plan.setups:
+            what = f"{setup.train_attack.display} -> "
+            if trained is None:
+                rows += [_result_row(d, f"{det} trained on {what}{t.display}", "after training", setup.samples, "",
+                                     plan.seed) for det in setup.detectors for t in setup.test_attacks]
+                continue
+            for (det, label), idt in detection_cells(d, trained, plan.data, setup)[2].items():
+                key = cell_key(idt)
+                rows.append(_result_row(d, f"{det} trained on {what}{label}", "cached" if key in stored else "new",
+                                        setup.samples, key, plan.seed))
+    return pd.DataFrame(rows)
+
+
+def analysis_rows(plan: Any) -> pd.DataFrame:
+    """``--dry-run`` of an analysis job: each defense's training job, then each (analysis,
+    target) result with its cache state in the job's store."""
+    from robustbench_er.analysis import result_key
+    from robustbench_er.analysis_job import analysis_identity
+
+    stored = _stored_keys(Path(plan.out) / "store.sqlite", "analyses")
+    rows: list[dict[str, Any]] = []
+    models: dict[str, Any] = {}
+    for a, label in zip(plan.analyses, plan.labels):
+        for d in plan.defenses if a.uses_model() else [""]:
+            if d and d not in models:
+                train_row, models[d] = _model_job(d, plan)
+                rows.append(train_row)
+            if d and models[d] is None:
+                rows.append(_result_row(d, label, "after training", "", "", plan.seed))
+                continue
+            key = result_key(analysis_identity(a, plan, models[d].identity if d else ""))
+            rows.append(_result_row(d or plan.data.spec.name, label, "cached" if key in stored else "new", "", key,
+                                    plan.seed))
+    return pd.DataFrame(rows)
+
+
+def _result_row(defense: str, what: str, state: str, points: Any, where: str, seed: int) -> dict[str, Any]:
+    return {"job": "cell", "defense": defense, "attack": what, "state": state, "points": points,
+            "calls_per_point": "", "evaluations": "", "where": where, "seed": seed}

@@ -94,7 +94,7 @@ class RayExecutor:
 
     # ---- batches -------------------------------------------------------------------------------
     def runner(self, cell: Any, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
-               jobs: list[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+               jobs: list[Any]) -> list[tuple[np.ndarray, np.ndarray, list[str]]]:
         """A :data:`robustbench_er.sweep.BatchRunner`: every batch of the step as a task, in parallel."""
         ref = self._models.get(cell.cell_id)
         if ref is None:
@@ -116,7 +116,7 @@ def _device() -> torch.device:
 
 
 def _batch_task(packed: Any, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None, seed: int,
-                threads: int) -> tuple[np.ndarray, np.ndarray]:
+                threads: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     from robustbench_er.sweep import attack_batch
 
     marker = os.environ.get(CRASH_ONCE_ENV)

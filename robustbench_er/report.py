@@ -123,7 +123,10 @@ class Tables:
 
 
 def _covers(kind: str, grid: list[float], eps: float) -> bool:
-    return kind == "min" or any(abs(e - eps) < EPS_TOL for e in grid)
+    """Whether an attack's outcomes say something about ``eps``: a minimization attack always; a
+    fixed-epsilon one when it ran at ``eps`` or at a smaller epsilon (an example inside a small
+    ball is inside every larger one, so its breaks carry up to every larger epsilon)."""
+    return kind == "min" or any(e <= eps + EPS_TOL for e in grid)
 
 
 def _chains(cell_ids: list[str], specs: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -141,10 +144,12 @@ def _chains(cell_ids: list[str], specs: dict[str, dict[str, Any]]) -> list[list[
 
 def _worst_at(eps: float, chains: list[list[str]], info: dict[str, tuple[str, list[float]]],
               by_cell: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int] | None:
-    """Per-sample worst case at ``eps`` over every attack that ran there, on the points they all ran on.
+    """Per-sample worst case at ``eps`` over every attack that ran at ``eps`` or below, on the
+    points they all ran on: a point counts as broken when any attack broke it at some eps' <= eps.
 
-    Each chain contributes its last stage that ran at ``eps`` (a cascade stage's outcomes include
-    every earlier stage's). Returns (outcomes on the common points, number of chains) or None.
+    Each chain contributes its last stage that ran at or below ``eps`` (a cascade stage's
+    outcomes include every earlier stage's). Returns (outcomes on the common points, number of
+    chains) or None.
     """
     frames = []
     for chain in chains:

@@ -11,7 +11,10 @@ Tables:
   ``broken_by`` (the attack label that found it: in a cascade, a stage's outcomes include every
   earlier stage's), ``survived_eps`` (the largest epsilon at which the cell's own attack failed,
   the lower end of a per-sample grid search) and ``tries`` (second attempts made);
-* ``flags``: sanity-check flags per cell;
+* ``warnings``: what the attack said about the evaluation while computing a step (AutoAttack's
+  own checks, say), stored with the step so that a rerun, ``report`` or another executor reads
+  the same messages and derives the same flags;
+* ``flags``: sanity-check flags per cell, derived from the rows above (rewritten on every run);
 * ``leases``: which process works on a cell now (owner, expiry); see :class:`LeaseTable`.
 
 Every write is one transaction and idempotent (``INSERT OR REPLACE`` keyed by the cell id and
@@ -55,6 +58,8 @@ CREATE TABLE IF NOT EXISTS outcomes (
     cell_id TEXT, sample_id INTEGER, label INTEGER, clean_correct INTEGER, broken_at REAL,
     broken_by TEXT, survived_eps REAL, tries INTEGER DEFAULT 0,
     PRIMARY KEY (cell_id, sample_id));
+CREATE TABLE IF NOT EXISTS warnings (
+    cell_id TEXT, eps_index INTEGER, seq INTEGER, message TEXT, PRIMARY KEY (cell_id, eps_index, seq));
 CREATE TABLE IF NOT EXISTS flags (
     cell_id TEXT, flag TEXT, detail TEXT, PRIMARY KEY (cell_id, flag));
 CREATE TABLE IF NOT EXISTS detection (
@@ -351,13 +356,14 @@ class Store:
 
     def record_step(self, cell_id: str, eps_index: int, eps: float, broken: dict[int, float],
                     attacked: int, seconds: float, *, label: str | None = None,
-                    survived: dict[int, float | None] | None = None, tried: Iterable[int] = ()) -> None:
+                    survived: dict[int, float | None] | None = None, tried: Iterable[int] = (),
+                    warnings: Iterable[str] = ()) -> None:
         """Write one step (an epsilon of an ascending sweep, a round of a grid search) atomically.
 
         ``broken`` maps sample ids to the epsilon of a verified example; a sample's ``broken_at``
         only ever goes down (replaying a step never raises an earlier verdict). ``survived`` maps
         sample ids to the epsilon the attack failed at (None clears it); ``tried`` lists samples
-        given a second attempt in this step.
+        given a second attempt in this step; ``warnings`` are the attack's messages about it.
         """
         with self.transaction() as c:
             c.executemany("UPDATE outcomes SET broken_at=?, broken_by=? WHERE cell_id=? AND sample_id=?"
@@ -370,6 +376,14 @@ class Store:
             c.execute("INSERT OR REPLACE INTO steps (cell_id, eps_index, eps, attacked, broken, seconds)"
                       " VALUES (?,?,?,?,?,?)", (cell_id, eps_index, eps, attacked, len(broken), seconds))
             c.execute("UPDATE cells SET seconds=seconds+? WHERE cell_id=?", (seconds, cell_id))
+            c.execute("DELETE FROM warnings WHERE cell_id=? AND eps_index=?", (cell_id, eps_index))
+            c.executemany("INSERT INTO warnings (cell_id, eps_index, seq, message) VALUES (?,?,?,?)",
+                          [(cell_id, eps_index, i, str(m)) for i, m in enumerate(warnings)])
+
+    def warnings(self, cell_id: str) -> list[str]:
+        """The attack's messages over a cell's steps, in step order, each once."""
+        rows = self.conn.execute("SELECT message FROM warnings WHERE cell_id=? ORDER BY eps_index, seq", (cell_id,))
+        return list(dict.fromkeys(r[0] for r in rows))
 
     def finish_cell(self, cell_id: str) -> None:
         with self.transaction() as c:

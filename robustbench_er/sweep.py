@@ -537,6 +537,10 @@ def bisect_state(out: Any, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarra
     return lo, hi
 
 
+#: one batch's (verified mask, measured norms, the attack's messages about the batch)
+BatchResult = tuple[np.ndarray, np.ndarray, list[str]]
+
+
 @dataclass
 class BatchJob:
     """One batch of a step: the positions (into the cell's points) it attacks, their epsilons
@@ -563,10 +567,12 @@ def step_batches(pos: np.ndarray, eps: np.ndarray | None, seed: int, batch_size:
 
 
 def attack_batch(attack: Attack, model: DefendedModel, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None,
-                 eot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Attack one batch and verify every example; (verified mask, measured norms) as arrays."""
+                 eot: int, seed: int) -> BatchResult:
+    """Attack one batch and verify every example: (verified mask, measured norms, the attack's
+    messages about this batch)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    del attack.warnings[:]  # what this batch says, nothing older
     if eps is None:
         x_adv = attack.run(attack.target(model), xb, yb, generator=gen)
         ok, norms = verify(model, xb, x_adv, yb, attack.norm, None, eot)
@@ -574,16 +580,15 @@ def attack_batch(attack: Attack, model: DefendedModel, xb: torch.Tensor, yb: tor
         e = torch.as_tensor(eps, dtype=xb.dtype, device=xb.device)
         x_adv = attack.run(attack.target(model), xb, yb, e, generator=gen)
         ok, norms = verify(model, xb, x_adv, yb, attack.norm, e, eot)
-    return ok.cpu().numpy(), norms.cpu().numpy()
+    return ok.cpu().numpy(), norms.cpu().numpy(), [str(w) for w in attack.warnings]
 
 
-#: runs a step's batches and returns each one's (verified mask, norms), in the order given
-BatchRunner = Callable[[Cell, torch.Tensor, torch.Tensor, np.ndarray, list[BatchJob]],
-                       list[tuple[np.ndarray, np.ndarray]]]
+#: runs a step's batches and returns each one's :data:`BatchResult`, in the order given
+BatchRunner = Callable[[Cell, torch.Tensor, torch.Tensor, np.ndarray, list[BatchJob]], list["BatchResult"]]
 
 
 def run_batches_here(cell: Cell, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
-                     jobs: list[BatchJob]) -> list[tuple[np.ndarray, np.ndarray]]:
+                     jobs: list[BatchJob]) -> list[BatchResult]:
     """The local executor: every batch in this process, one after the other."""
     dev = x_all.device
     out = []
@@ -596,18 +601,21 @@ def run_batches_here(cell: Cell, x_all: torch.Tensor, y_all: torch.Tensor, pos: 
 
 def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
                    eps: np.ndarray | None, seed: int, batch_size: int,
-                   runner: BatchRunner | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   runner: BatchRunner | None = None) -> BatchResult:
     """Attack the points at positions ``pos`` (per-sample ``eps``, or None for a minimization attack).
 
-    Returns (verified mask, measured norms) in the order of ``pos``.
+    Returns (verified mask, measured norms) in the order of ``pos``, and the attack's messages
+    over the batches (in batch order, each once).
     """
     jobs = step_batches(pos, eps, seed, batch_size)
     ok_all = np.zeros(len(pos), dtype=bool)
     norms_all = np.full(len(pos), np.nan)
-    for job, (ok, norms) in zip(jobs, (runner or run_batches_here)(cell, x_all, y_all, pos, jobs)):
+    said: dict[str, None] = {}
+    for job, (ok, norms, messages) in zip(jobs, (runner or run_batches_here)(cell, x_all, y_all, pos, jobs)):
         ok_all[job.sel] = ok
         norms_all[job.sel] = norms
-    return ok_all, norms_all
+        said.update(dict.fromkeys(messages))
+    return ok_all, norms_all, list(said)
 
 
 def _next_step(cell: Cell, out: Any, step: int) -> tuple[float, np.ndarray, np.ndarray | None, str] | None:
@@ -711,8 +719,9 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
             rec_eps, pos, eps, phase = nxt
             broken: dict[int, float] = {}
             survived: dict[int, float | None] = {}
+            messages: list[str] = []
             if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
-                ok, norms = _attack_points(cell, model, x_all, y_all, pos, eps, _seed_for(cell.cell_id, step),
+                ok, norms, messages = _attack_points(cell, model, x_all, y_all, pos, eps, _seed_for(cell.cell_id, step),
                                            batch_size, runner)
                 for j, p in enumerate(pos):
                     sid = int(cell.sample_ids[p])
@@ -733,7 +742,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                 # a failed retry changes nothing; a success re-opens the sample's interval below it
                 survived = {sid: None for sid in broken}
             store.record_step(cell.cell_id, step, rec_eps, broken, len(pos), time.perf_counter() - t0,
-                              label=label, survived=survived, tried=tried)
+                              label=label, survived=survived, tried=tried, warnings=messages)
             if heartbeat:
                 heartbeat()
             step += 1

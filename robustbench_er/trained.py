@@ -95,7 +95,7 @@ def checkpoint_folder(defense_name: str, data: Dataset, *, profile: str = "quick
 
     cls = get_defense(defense_name)
     hp = cls.hparams(data.spec.name, profile, overrides)
-    cid = spec_hash(checkpoint_spec(cls.name, data.spec.name, profile, hp, seed))
+    cid = spec_hash(checkpoint_spec(cls.name, data.spec.name, profile, hp, seed, cls.version))
     return Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
 
 
@@ -124,7 +124,7 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
     if checkpoint_dir is not None:
         return _load_given(cls, data, Path(checkpoint_dir), device, measure)
     hp = cls.hparams(data.spec.name, profile, overrides)
-    spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed)
+    spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed, cls.version)
     cid = spec_hash(spec)
     folder = checkpoint_folder(defense_name, data, profile=profile, seed=seed, out=out, overrides=overrides)
     if (folder / "meta.json").is_file():

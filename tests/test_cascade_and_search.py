@@ -147,3 +147,26 @@ def test_l2_rms_unit_converts_and_is_recorded(tmp_path):
 def test_curve_reads_cumulative_outcomes():
     out = pd.DataFrame({"sample_id": [1, 2, 3], "clean_correct": [1, 1, 0], "broken_at": [0.1, np.nan, np.nan]})
     assert curve(out, [0.0, 0.1]).tolist() == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_a_break_at_a_small_eps_carries_to_every_larger_eps(tmp_path):
+    """A planted pair: a strong attack that only checks a small eps, a weak one that only checks
+    larger ones. The worst case at the larger eps counts the strong attack's breaks too."""
+    out = tmp_path / "carry"
+    run_sweep(_cfg(out, mode="independent",
+                   attacks=[AttackConfig("pgd", {"steps": 20}, eps=[0.05], label="strong"),
+                            AttackConfig("pgd", {"steps": 1, "rel_stepsize": 0.01, "random_start": False},
+                                         eps=[0.1, 0.2], label="weak")]))
+    cells, outcomes, _ = _tables(out)
+    by = {lab: outcomes[outcomes.cell_id == cid].set_index("sample_id").sort_index()
+          for cid, lab in zip(cells["cell_id"], cells["attack_label"])}
+    strong, weak = by["strong"], by["weak"]
+    ok = strong["clean_correct"].astype(bool)
+    curves = pd.read_csv(out / "curves.csv")
+    wc = curves[curves.attack == "worst-case"].set_index("eps")["robust_acc"]
+    for e in (0.1, 0.2):
+        union = (strong["broken_at"].fillna(np.inf) <= e + 1e-9) | (weak["broken_at"].fillna(np.inf) <= e + 1e-9)
+        expected = float((ok & ~union).mean())
+        weak_alone = float(curve(weak.reset_index(), [e])[0])
+        assert wc.loc[e] == pytest.approx(expected)
+        assert expected < weak_alone - 0.05  # the strong attack's breaks at 0.05 really moved it

@@ -358,3 +358,33 @@ def test_randomized_defense_with_eot_is_not_flagged_for_it(test_plugins, tmp_pat
     run_sweep(cfg)
     f = _cell_flags(tmp_path)["test-identity"]
     assert "randomized-no-eot" not in f
+
+
+def test_attack_warnings_survive_a_rerun_with_more_work_and_a_report(test_plugins, tmp_path):
+    """The warning an attack gave while computing a cell is stored with the cell: a rerun (which
+    finds the cell cached and recomputes the checks), a rerun with more work added, and
+    ``report`` all show the same flag with the same detail."""
+    from robustbench_er.report import write_reports
+
+    def cfg(attacks):
+        return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2], samples=32, out=tmp_path,
+                           progress=False, attacks=attacks, mode="independent")
+
+    def board_details() -> str:
+        return str(pd.read_csv(tmp_path / "leaderboard.csv").iloc[0]["flag_details"])
+
+    run_sweep(cfg([AttackConfig("test-warner")]))
+    first = _cell_flags(tmp_path)["test-warner"]["attack-warnings"]
+    assert "probability distribution" in first and "attack-warnings: " + first in board_details()
+    run_sweep(cfg([AttackConfig("test-warner"), AttackConfig("fgsm")]))  # cached cell + a new one
+    assert _cell_flags(tmp_path)["test-warner"]["attack-warnings"] == first
+    assert "attack-warnings: " + first in board_details()
+    store = Store(tmp_path)
+    try:
+        cells = store.cells_frame()
+        warner = cells.loc[cells["attack_label"] == "test-warner", "cell_id"].iloc[0]
+        assert store.warnings(warner) == ["it seems that the output is a probability distribution,\n please return logits"]
+        write_reports(store, tmp_path)
+    finally:
+        store.close()
+    assert "attack-warnings: " + first in board_details()

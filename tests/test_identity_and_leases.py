@@ -293,3 +293,37 @@ def test_two_processes_on_one_folder_compute_each_cell_once(tmp_path):
     finally:
         s_shared.close()
         s_solo.close()
+
+
+
+@pytest.mark.parametrize("change, same", [("added-param", True), ("added-param-set", False), ("version", False)])
+def test_cell_identity_moves_with_behaviour_not_with_new_defaults(change, same):
+    """A parameter added later with a behaviour-keeping default (``added_field``) leaves the
+    attack's part of every cell id as it was; setting it, or bumping the attack's behaviour
+    ``version``, changes it (so those results are recomputed)."""
+    import dataclasses
+
+    from robustbench_er.attack import added_field
+    from robustbench_er.checkpoints import spec_hash
+    from robustbench_er.registry import get_attack
+
+    base = get_attack("fgsm")
+    kw: dict[str, int] = {}
+    if change == "version":
+        cls = type("Bumped", (base,), {"version": base.version + 1})
+    else:
+        params = dataclasses.make_dataclass("P", [("new_knob", "int | None", added_field(None))], bases=(base.Params,))
+        cls = type("Knob", (base,), {"Params": params})
+        kw = {"new_knob": 3} if change == "added-param-set" else {}
+    old, new = base(norm="Linf").describe(), cls(norm="Linf", **kw).describe()
+    assert (spec_hash(old) == spec_hash(new)) is same, (old, new)
+
+
+def test_autoattack_schedule_parameters_left_at_default_keep_the_old_cell_ids():
+    """``n_iter``/``n_restarts`` came after the committed AutoAttack cells: at their default they
+    are not part of the identity; set, they are."""
+    from robustbench_er.registry import get_attack
+
+    aa = get_attack("autoattack")
+    assert "n_iter" not in aa(norm="Linf").describe()["params"]
+    assert aa(norm="Linf", n_iter=10).describe()["params"]["n_iter"] == 10

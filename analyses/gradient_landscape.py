@@ -1,5 +1,5 @@
-"""Gradient landscape of the class likelihoods (seed 004, AFD, Figure 3 and Section 5 "Gradient
-landscape").
+"""Gradient landscape of the class likelihoods (Bashivan et al. 2021, AFD, Figure 3 and Section 5
+"Gradient landscape").
 
 For ``samples`` (200) test points: the input gradient of each softmax output i,
 d softmax_i(x) / dx, its absolute value averaged over pixels, then averaged over the points of

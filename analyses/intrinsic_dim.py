@@ -1,7 +1,7 @@
 """Intrinsic dimension: the Levina-Bickel maximum-likelihood estimate with the MacKay-Ghahramani
 average (Levina & Bickel, "Maximum likelihood estimation of intrinsic dimension", NIPS 2005;
-reference code OFAI/hub-toolbox-python3, which seed 000 names). Reproduces seed 000
-(ER-Classifier) Table 10, the estimates that guided its embedding sizes: 13 (MNIST), 17
+reference code OFAI/hub-toolbox-python3, which Li et al. 2021 name). Reproduces Table 10 of
+Li et al. 2021 (ER-Classifier), the estimates that guided its embedding sizes: 13 (MNIST), 17
 (CIFAR10), 20 (STL10), 19 (Tiny ImageNet), each from 1,000 samples.
 
 For each k in [``k1``, ``k2``] (paper: 6 to 12) and each point x, with T_j(x) the Euclidean

@@ -1,5 +1,5 @@
-"""Loss surface around test points (seed 000, ER-Classifier, Appendix E, Figure 10; the method of
-Engstrom, Ilyas & Athalye 2018, "Evaluating and understanding the robustness of adversarial logit
+"""Loss surface around test points (Li et al. 2021, ER-Classifier, Appendix E, Figure 10; the method
+of Engstrom, Ilyas & Athalye 2018, "Evaluating and understanding the robustness of adversarial logit
 pairing").
 
 For each of ``samples`` (10) test points x with label y: g = sign of the input gradient of the

@@ -1,5 +1,5 @@
-"""Normalized embedding sensitivity under PGD (seed 004, AFD, Figure A1 and Section 5
-"Embedding Stability").
+"""Normalized embedding sensitivity under PGD (Bashivan et al. 2021, AFD, Figure A1 and
+Section 5 "Embedding Stability").
 
 For ``samples`` (200) test points x and their Linf PGD examples x' at each budget in ``eps``
 (``"0:0.3:0.05"``; the paper sweeps the MNIST budgets up to and past 0.3), the ratio

@@ -1,5 +1,5 @@
-"""Sparsity and dimensionality of the embedding (seed 004, AFD, Table A5 and Section 5
-"Learning a sparse embedding").
+"""Sparsity and dimensionality of the embedding (Bashivan et al. 2021, AFD, Table A5 and
+Section 5 "Learning a sparse embedding").
 
 Over the defended model's embeddings (``embed``) of ``samples`` (500) clean test points: the
 number of non-zero units (a unit is zero when its absolute value is at most ``tol``, 1e-6, on

@@ -1,4 +1,5 @@
-"""t-SNE map of clean and PGD-adversarial embeddings (seed 000, ER-Classifier, Figures 5 and 6).
+"""t-SNE map of clean and PGD-adversarial embeddings (Li et al. 2021, ER-Classifier, Figures 5
+and 6).
 
 The defended model's embedding (``embed``) of ``samples`` (500) test points and of their
 Linf PGD examples at ``eps`` (0.3, the MNIST budget; ``steps`` 20, the harness's PGD through
@@ -6,7 +7,7 @@ Linf PGD examples at ``eps`` (0.3, the MNIST budget; ``steps`` 20, the harness's
 Hinton 2008) with scikit-learn's ``TSNE`` (``perplexity`` 30, PCA initialisation, random state
 ``seed``). Points are coloured by their true class; adversarial points are down triangles, and
 those the attack got misclassified carry a black edge (the paper marks misclassified adversarial
-points as down triangles and the others as dots). The seed gives no perplexity; 30 is
+points as down triangles and the others as dots). The paper gives no perplexity; 30 is
 scikit-learn's and van der Maaten's usual value.
 
 Summary: ``clean_acc`` and ``adv_acc`` (accuracy of the model on these points, clean and under

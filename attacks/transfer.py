@@ -2,7 +2,8 @@
 surrogate model, then evaluated on the target (Papernot, McDaniel and Goodfellow,
 arXiv:1605.07277, 2016; Madry et al., ICLR 2018, arXiv:1706.06083, Table 1's black-box rows,
 which transfer PGD and FGSM examples from an independently trained copy of the network).
-Seed 004 (AFD) reports white-box and black-box robust accuracy side by side in its Table 1.
+Bashivan et al. 2021 (AFD) report white-box and black-box robust accuracy side by side in their
+Table 1.
 
 Threat model: black-box. Crafting never touches the target: neither its gradients, nor its
 scores, nor its labels. The only contact is the runner's verification, as for every attack

@@ -58,7 +58,7 @@ def afd_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
                  lr_da=2e-3, da_hidden=64)
     mnist_paper = dict(backbone="resnet5", epochs=300, batch_size=50, lr=0.1, lr_e=0.5, lr_da=0.1, momentum=0.9,
                        weight_decay=1e-4, da_hidden=200, eps=0.3, attack_steps=40, step_size=0.01)
-    # seed 004 Table A2 and appendix 8.1 (CIFAR10 and CIFAR100 alike)
+    # Bashivan et al. 2021, Table A2 and appendix 8.1 (CIFAR10 and CIFAR100 alike)
     cifar_paper = dict(backbone="resnet18", epochs=850, batch_size=64, lr=0.1, lr_e=0.5, lr_da=0.1,
                        momentum=0.8, weight_decay=1e-4, da_hidden=512, lr_decay1=350, lr_decay2=700,
                        eps=8 / 255, attack_steps=20, step_size=2 / 255)
@@ -75,7 +75,7 @@ def afd_presets(**changes: Any) -> dict[str, dict[str, dict[str, Any]]]:
                                 ramp_epochs=2, train_samples=10000),
                   "paper": dict(mnist_paper)},
         "cifar10": {"quick": dict(cifar_quick), "paper": dict(cifar_paper)},
-        # seed 004 Table A2: the CIFAR-100 row is the CIFAR-10 one (ResNet18, same rates, batch, epochs)
+        # Bashivan et al. 2021, Table A2: the CIFAR-100 row is the CIFAR-10 one (ResNet18, same rates, batch, epochs)
         "cifar100": {"quick": dict(cifar_quick), "paper": dict(cifar_paper)},
     }
     return {ds: {prof: dict(v, **changes) for prof, v in per.items()} for ds, per in base.items()}

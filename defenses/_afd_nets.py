@@ -1,4 +1,5 @@
-"""Networks of Adversarial Feature Desensitization (seed 004, section 3 and appendix 8.1).
+"""Networks of Adversarial Feature Desensitization (Bashivan et al. 2021, section 3
+and appendix 8.1).
 
 :class:`AFDNet` wraps a backbone that exposes ``features(x)`` (the embedding E, the activations
 before the last linear layer) and ``fc`` (the linear category decoder Dc), and adds the

@@ -1,4 +1,5 @@
-"""Networks of the ER-Classifier family (seed 000 appendix G, seed 002 Fig. 9-10).
+"""Networks of the ER-Classifier family (Li et al. 2021, appendix G;
+Li et al. (ICLR submission), Fig. 9-10).
 
 An :class:`ERNet` is an encoder Q (image -> code z of dimension k), a classifier C on z and,
 for the regularised variants, a WGAN critic D on codes. ``forward(x) = C(Q(x))`` gives logits;
@@ -19,7 +20,7 @@ Encoders (``build_encoder``):
 Classifier: Linear(k, h1)+BN+ReLU, Linear(h1, h2)+BN+ReLU, Linear(h2, classes) (the MNIST listing:
 h1 = 500, h2 = 256). Critic: four Linear(., 512)+ReLU, Linear(512, 1), LogSigmoid (the listing).
 Priors: ``gaussian`` N(0, I) (the paper's choice), ``uniform`` U(-3, 3) and ``cauchy`` Cauchy(0, 1)
-(seed 000, C.4).
+(Li et al. 2021, appendix C.4).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ Networks here (each exposes ``features(x)`` and ``forward(x)`` like the shared b
 * ``rse_vgg16``: VGG16 with batch norm (the reference's CIFAR10 network) with noise before its
   13 convs;
 * ``rse_mnist_4c4f``, ``rse_vgg19_bn``, ``rse_stl10_6c4f``, ``rse_tiny_13c4f``: the baseline
-  networks of the ER-Classifier paper (seed 000 Table 15, :mod:`robustbench_er.models.paper_nets`:
-  MNIST 4 conv + 4 FC, CIFAR10 VGG19-BN, STL10 6 conv with BN + 4 FC on 96x96, Tiny ImageNet
+  networks of the ER-Classifier paper (Li et al. 2021, Table 15,
+  :mod:`robustbench_er.models.paper_nets`: MNIST 4 conv + 4 FC, CIFAR10 VGG19-BN, STL10 6 conv with BN + 4 FC on 96x96, Tiny ImageNet
   13 conv with BN + 4 FC on 64x64) with noise before every conv (``init_std`` before the first,
   ``inner_std`` before the others; none before the FC layers, as in the reference's VGG).
   The ER paper compares RSE on these networks; ``rse``'s stl10 and tiny-imagenet ``paper``

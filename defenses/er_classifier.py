@@ -19,7 +19,7 @@ alternatives of appendix C.4). Per batch x (the PGD adversarial batch under min-
 Hyper-parameters (paper / reference values): Adam; encoder lr 1e-4 on MNIST and 5e-5 otherwise,
 critic 0.5 x lr and classifier 0.05 x lr (reference-code ratios; the papers give no others);
 lambda (``lambda_d``) 1, lambda1 (``lambda_enc``) 0.0005 on MNIST and 0.1 otherwise; batch 100
-(64 on STL10); 30 epochs; training PGD (seed 000 Table 9): MNIST eps 0.3, 40 steps of 0.01;
+(64 on STL10); 30 epochs; training PGD (Li et al. 2021, Table 9): MNIST eps 0.3, 40 steps of 0.01;
 CIFAR10 0.03, 20 of 0.01; STL10 0.03, 20 of 2/255; Tiny ImageNet 0.01, 10 steps (step size not
 given; we use 2.5 * eps / 10). Architectures: see :mod:`defenses._er_nets`.
 

@@ -10,11 +10,11 @@ on those only. Paper settings (MadryLab mnist/cifar10 challenges):
 ``paper`` presets per dataset and where they come from (``docs/defenses.md`` has the full table):
 
 * ``mnist`` (and ``mnist5k``, ``digits``), ``cifar10``: Madry's own protocol above;
-* ``cifar100``: the AFD paper's "AT" baseline (seed 004 Table 1, ResNet18, eps 8/255). Seed 004
-  says only that AT is the authors' re-implementation of Madry et al. (its Table A2 lists AFD's
-  own rates), so the schedule is Madry's CIFAR10 one, as the ``cifar10`` preset: SGD 0.1,
-  momentum 0.9, weight decay 2e-4, batch 128, 100 epochs, 7 PGD steps of 2/255;
-* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's protocol (seed 000): its Table 9
+* ``cifar100``: the AFD paper's "AT" baseline (Bashivan et al. 2021, Table 1, ResNet18, eps
+  8/255). The paper says only that AT is the authors' re-implementation of Madry et al. (its
+  Table A2 lists AFD's own rates), so the schedule is Madry's CIFAR10 one, as the ``cifar10``
+  preset: SGD 0.1, momentum 0.9, weight decay 2e-4, batch 128, 100 epochs, 7 PGD steps of 2/255;
+* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's protocol (Li et al. 2021): its Table 9
   training attack (STL10 eps 0.03, 20 iterations; Tiny ImageNet eps 0.01, 10 iterations; "the
   same for both Madry's adversarial training and ER-Classifier"), its Table 15 baseline networks
   (``stl10_6c4f``, ``tiny_13c4f``, :mod:`robustbench_er.models.paper_nets`) and 30 epochs
@@ -96,7 +96,7 @@ class Madry(Defense):
                     "paper": dict(_CIFAR_PAPER)},
         "cifar100": {"quick": dict(_CIFAR_QUICK),
                      "paper": dict(_CIFAR_PAPER)},
-        # ER-Classifier's protocol (seed 000 Tables 9 and 15, 30 epochs); paper profile only, as the ER family
+        # ER-Classifier's protocol (Li et al. 2021, Tables 9 and 15, 30 epochs); paper profile only, as the ER family
         "stl10": {"paper": dict(backbone="stl10_6c4f", epochs=30, batch_size=64, lr=0.01, momentum=0.9,
                                 weight_decay=2e-4, eps=0.03, attack_steps=20, step_size=2 / 255)},
         "tiny-imagenet": {"paper": dict(backbone="tiny_13c4f", epochs=30, batch_size=100, lr=0.01, momentum=0.9,

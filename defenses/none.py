@@ -1,15 +1,16 @@
 """No defense: standard training with cross-entropy on clean images.
 
-The baseline every robustness table starts from ("NT" in seed 004, "no defense" elsewhere).
+The baseline every robustness table starts from ("NT" in Bashivan et al. 2021, "no defense"
+elsewhere).
 Hyper-parameters: backbone, epochs, batch size, optimizer and learning rate. ``paper`` presets
 (``docs/defenses.md`` has the full table):
 
 * ``mnist`` (and ``mnist5k``, ``digits``): the TRADES SmallCNN, SGD 0.01, 100 epochs (our
   choice; the MNIST baselines of the papers are other small CNNs);
-* ``cifar10``, ``cifar100``: ResNet18, the AFD paper's NT baselines (seed 004 Table 1). Seed 004
-  gives no schedule for NT (its Table A2 lists AFD's rates), so ours: SGD lr 0.1 (constant),
-  momentum 0.9, weight decay 5e-4, batch 128, 100 epochs;
-* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's "No Defense" baseline (seed 000):
+* ``cifar10``, ``cifar100``: ResNet18, the AFD paper's NT baselines (Bashivan et al. 2021,
+  Table 1). The paper gives no schedule for NT (its Table A2 lists AFD's rates), so ours: SGD
+  lr 0.1 (constant), momentum 0.9, weight decay 5e-4, batch 128, 100 epochs;
+* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's "No Defense" baseline (Li et al. 2021):
   Table 15's networks (``stl10_6c4f``, ``tiny_13c4f``) and 30 epochs (section 4.1). Batch,
   optimizer and lr are not in the paper; ours: the ER code's batches (64 on STL10, 100 on Tiny
   ImageNet), SGD lr 0.01 (constant), momentum 0.9, weight decay 5e-4.
@@ -56,7 +57,7 @@ class NoDefense(Defense):
         "cifar100": {"quick": dict(backbone="tiny_cnn", epochs=2, batch_size=128, optimizer="adam", lr=2e-3,
                                    train_samples=10000),
                      "paper": dict(backbone="resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4)},
-        # ER-Classifier's protocol (seed 000 Table 15, 30 epochs); paper profile only, as the ER family
+        # ER-Classifier's protocol (Li et al. 2021, Table 15, 30 epochs); paper profile only, as the ER family
         "stl10": {"paper": dict(backbone="stl10_6c4f", epochs=30, batch_size=64, lr=0.01, momentum=0.9,
                                 weight_decay=5e-4)},
         "tiny-imagenet": {"paper": dict(backbone="tiny_13c4f", epochs=30, batch_size=100, lr=0.01, momentum=0.9,

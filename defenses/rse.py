@@ -35,8 +35,8 @@ Differences from the reference code and why:
   flip augmentation, and PyTorch's default initialisation (the reference draws weights from
   N(0, 0.02)). MNIST was not in the paper: its ``paper`` preset is our choice (noisy TRADES
   SmallCNN, SGD 0.01, 100 epochs, like the other MNIST baselines here).
-* STL10 and Tiny ImageNet were not in the RSE paper; the ER-Classifier paper (seed 000) compares
-  RSE there, so those ``paper`` presets follow ER's protocol: its Table 15 baseline networks with
+* STL10 and Tiny ImageNet were not in the RSE paper; the ER-Classifier paper (Li et al. 2021)
+  compares RSE there, so those ``paper`` presets follow ER's protocol: its Table 15 baseline networks with
   a noise layer before every conv (``rse_stl10_6c4f``: 6 conv with BN, 5 max-pools, 4 FC, for
   96x96; ``rse_tiny_13c4f``: 13 conv with BN, 5 max-pools, 4 FC, for 64x64; see
   :mod:`defenses._rse_nets`) and 30 epochs (section 4.1). ER gives no RSE settings; ours: the RSE
@@ -120,7 +120,7 @@ class RSE(Defense):
                                   init_std=0.4, inner_std=0.1, n_passes=10, train_samples=10000),
                     "paper": dict(backbone="rse_vgg16", epochs=200, batch_size=128, lr=0.1, momentum=0.9,
                                   weight_decay=5e-4, init_std=0.4, inner_std=0.1, n_passes=50)},
-        # ER-Classifier's protocol (seed 000 Table 15 networks, noisy; 30 epochs); paper profile only
+        # ER-Classifier's protocol (Li et al. 2021, Table 15 networks, noisy; 30 epochs); paper profile only
         "stl10": {"paper": dict(backbone="rse_stl10_6c4f", epochs=30, batch_size=64, lr=0.01, momentum=0.9,
                                 weight_decay=5e-4, init_std=0.4, inner_std=0.1, n_passes=50)},
         "tiny-imagenet": {"paper": dict(backbone="rse_tiny_13c4f", epochs=30, batch_size=100, lr=0.01,

@@ -21,11 +21,11 @@ Hyper-parameters and paper values (reference code ``trades.py``, ``train_trades_
 ``paper`` presets per dataset and where they come from (``docs/defenses.md`` has the full table):
 
 * ``mnist`` (and ``mnist5k``, ``digits``), ``cifar10``: the TRADES reference settings above;
-* ``cifar100``: the AFD paper's TRADES baseline (seed 004 Table 1: ResNet18, trained with "the
-  official code"; its Table A2 lists AFD's own rates only), so the official CIFAR10 settings
-  on ResNet18, as the ``cifar10`` preset (eps 0.031 ~ 8/255);
-* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's protocol (seed 000), where Trades is a
-  baseline of Figure 3: Table 9's training attack (STL10 eps 0.03, 20 iterations; Tiny ImageNet
+* ``cifar100``: the AFD paper's TRADES baseline (Bashivan et al. 2021, Table 1: ResNet18,
+  trained with "the official code"; its Table A2 lists AFD's own rates only), so the official
+  CIFAR10 settings on ResNet18, as the ``cifar10`` preset (eps 0.031 ~ 8/255);
+* ``stl10``, ``tiny-imagenet``: the ER-Classifier paper's protocol (Li et al. 2021), where
+  Trades is a baseline of Figure 3: Table 9's training attack (STL10 eps 0.03, 20 iterations; Tiny ImageNet
   0.01, 10 iterations; the table is stated for Madry and ER-Classifier, and is the only
   per-dataset attack setting the paper gives), Table 15's networks (``stl10_6c4f``,
   ``tiny_13c4f``) and 30 epochs (section 4.1). Not in the paper, our choice: beta 6.0 (the
@@ -120,7 +120,7 @@ class Trades(Defense):
                     "paper": dict(_CIFAR_PAPER)},
         "cifar100": {"quick": dict(_CIFAR_QUICK),
                      "paper": dict(_CIFAR_PAPER)},
-        # ER-Classifier's protocol (seed 000 Tables 9 and 15, 30 epochs); paper profile only, as the ER family
+        # ER-Classifier's protocol (Li et al. 2021, Tables 9 and 15, 30 epochs); paper profile only, as the ER family
         "stl10": {"paper": dict(backbone="stl10_6c4f", epochs=30, batch_size=64, lr=0.01, momentum=0.9,
                                 weight_decay=2e-4, beta=6.0, eps=0.03, attack_steps=20, step_size=2 / 255)},
         "tiny-imagenet": {"paper": dict(backbone="tiny_13c4f", epochs=30, batch_size=100, lr=0.01, momentum=0.9,

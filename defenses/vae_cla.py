@@ -4,8 +4,8 @@ Paper: Li et al., "Towards Robustness of Deep Neural Networks via Regularization
 section 4.3 (Figure 4); reference code liyao880/ER-Classifier (no VAE-CLA code is published).
 
 Threat model: white-box Linf; trained on clean batches (no min-max) by default, as
-``er-classifier-`` and ``e-cla``: seed 000's Figure 4 compares E-CLA, VAE-CLA and ER-Classifier
-without min-max (the paper's text on the ablation). ``min_max=True`` trains on PGD batches like
+``er-classifier-`` and ``e-cla``: Figure 4 of Li et al. 2021 compares E-CLA, VAE-CLA and
+ER-Classifier without min-max (the paper's text on the ablation). ``min_max=True`` trains on PGD batches like
 ``er-classifier``; the paper does not report that setting, and the reference code
 (liyao880/ER-Classifier) publishes no VAE-CLA.
 

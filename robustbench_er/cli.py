@@ -236,7 +236,8 @@ def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    """Seed 000's detection protocol: every input checked first, then train or load, craft, detect."""
+    """The detection protocol of Li et al. 2021: every input checked first, then train or load,
+    craft, detect."""
     from robustbench_er.detection_job import plan_detection, run_detection_job
 
     flags = {"dataset": args.dataset, "defenses": args.defense, "detectors": args.detector,
@@ -518,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp, out_default=default["out"])
     sp.set_defaults(func=cmd_import_model)
 
-    sp = sub.add_parser("detect", help="detect adversarial examples (seed 000's protocol and metrics)")
+    sp = sub.add_parser("detect",
+                        help="detect adversarial examples (protocol and metrics of Li et al. 2021)")
     data_args(sp)
     sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
     sp.add_argument("--detector", required=True, help="er1, er2, kd, lid (comma-separated)")
@@ -532,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--split", default="0.2", help="share of the points in set I (detector training)")
     sp.add_argument("--split-seed", default="0")
     sp.add_argument("--l2-unit", default=None, help="l2, rms or mse: unit of L2 bounds such as cw(eps=0.007);"
-                    " rms = L2 / sqrt(pixels), mse = L2^2 / pixels (seed 000's C&W bounds)")
+                    " rms = L2 / sqrt(pixels), mse = L2^2 / pixels (the C&W bounds of"
+                    " Li et al. 2021)")
     sp.add_argument("--no-adaptive", action="store_true", help="skip the adaptive PGD against each detector")
     common(sp, out_default="results/detection")
     sp.set_defaults(func=cmd_detect)

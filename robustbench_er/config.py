@@ -277,7 +277,8 @@ class SweepSpec(_Model):
     batch_size: int = Field(default=128, ge=1)
     eot: int = Field(default=10, ge=1)
     headline: float | None = Field(default=None, ge=0)
-    #: epsilons of the per-eps table in the Markdown leaderboard (seed 002 Table 1's layout)
+    #: epsilons of the per-eps table in the Markdown leaderboard (the layout of Table 1
+    #: in Li et al. (ICLR submission))
     table_eps: list[float] | None = None
     mode: Literal["cascade", "independent"] = "cascade"
     search: Literal["bisect", "ascending"] = "bisect"

@@ -1,4 +1,5 @@
-"""Detection of adversarial examples: the detector contract, seed 000's protocol and metrics.
+"""Detection of adversarial examples: the detector contract, the protocol and
+metrics of Li et al. 2021.
 
 A detector plugin (package ``detectors/``, entry-point group ``robustbench_er.detectors``)
 subclasses :class:`Detector`: ``fit_reference(model, x, y)`` learns what natural training data
@@ -6,7 +7,7 @@ look like (a KDE per class, say), ``features(model, x)`` maps images to the dete
 and the base class fits a logistic regression (scikit-learn) on them to tell adversarial from
 non-adversarial, and scores with it.
 
-Protocol (seed 000 section 4.5):
+Protocol (Li et al. 2021, section 4.5):
 
 * The evaluation points (a fixed seeded subset of the test split, clean-correct only) are split
   by ``split_seed`` into set I (``split``, 20%: detector training) and set II (the rest).
@@ -17,14 +18,14 @@ Protocol (seed 000 section 4.5):
 * On set II, with N adversarial examples (every attacked point, successful or not: the paper
   counts the undetected ones the classifier still gets right) and M non-adversarial examples
   (natural and noisy): ``ACC-ADV = n_adv / N``, ``ACC-NADV = m_nadv / M``,
-  ``ACC-CLA = n_cla / (N - n_adv)`` and ``ACC-COM = (n_adv + n_cla) / N``, exactly as seed 000
-  defines them; plus ROC-AUC and the true-positive rate at 5% false positives between the
-  successful examples and the non-adversarial ones (scikit-learn), as the KD and LID papers
-  and later work report.
+  ``ACC-CLA = n_cla / (N - n_adv)`` and ``ACC-COM = (n_adv + n_cla) / N``, exactly as
+  Li et al. 2021 define them; plus ROC-AUC and the true-positive rate at 5% false positives
+  between the successful examples and the non-adversarial ones (scikit-learn), as the KD and
+  LID papers and later work report.
 
 Detection is scored at the logistic regression's 0.5 threshold. Every attack may carry its own
 threat model (``cw(norm=L2, eps=0.007)``, with ``l2_unit="mse"`` reading L2 bounds as a mean
-squared distortion per pixel, as seed 000's C&W bounds read); rows are detection cells in the results store, so a run resumes where it stopped.
+squared distortion per pixel, as the C&W bounds of Li et al. 2021 read); rows are detection cells in the results store, so a run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def validate_detector_class(name: str, obj: Any) -> None:
 
 @dataclass
 class Counts:
-    """Set II's counts in seed 000's notation."""
+    """Set II's counts in the notation of Li et al. 2021."""
 
     N: int  # adversarial examples (every attacked point)
     n_adv: int  # of them, detected
@@ -162,7 +163,8 @@ class Counts:
 
 
 def acc_metrics(c: Counts) -> dict[str, float]:
-    """ACC-ADV, ACC-NADV, ACC-CLA and ACC-COM as seed 000 defines them (fractions; NaN on 0/0)."""
+    """ACC-ADV, ACC-NADV, ACC-CLA and ACC-COM as Li et al. 2021 define them (fractions; NaN on
+    0/0)."""
     def div(a: int, b: int) -> float:
         return a / b if b else math.nan
 
@@ -261,7 +263,8 @@ class DetectionSetup:
     adaptive: bool = True
     adaptive_steps: int = 40
     #: unit of L2 bounds: ``l2``; ``rms`` = L2 / sqrt(pixels); ``mse`` = L2^2 / pixels, the mean
-    #: squared distortion, the reading of seed 000's C&W bounds under which its kappa-9 examples exist
+    #: squared distortion, the reading of the C&W bounds of Li et al. 2021
+    #: under which its kappa-9 examples exist
     l2_unit: str = "l2"
 
 
@@ -343,7 +346,7 @@ def detection_cells(defense: str, trained: Any, data: Any, setup: DetectionSetup
 def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
                   progress: bool = False, store: Any = None,
                   crafted: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Seed 000's protocol for every detector and test attack; one row each.
+    """The protocol of Li et al. 2021 for every detector and test attack; one row each.
 
     With a ``store``, each row is a detection cell keyed by (dataset, defense checkpoint,
     detector, training attack, test attack with norm and eps, samples, split and seeds): rows
@@ -434,8 +437,8 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
 
 
 def write_detection(rows: list[dict[str, Any]], out: Any, command: str) -> dict[str, Any]:
-    """``detection.csv`` (long form), ``detection.md`` (seed 000's layout: detectors as columns,
-    attacks as rows, NADV and COM per cell) and ``detection_roc.png``."""
+    """``detection.csv`` (long form), ``detection.md`` (the layout of Li et al. 2021: detectors
+    as columns, attacks as rows, NADV and COM per cell) and ``detection_roc.png``."""
     from pathlib import Path
 
     import pandas as pd
@@ -448,8 +451,8 @@ def write_detection(rows: list[dict[str, Any]], out: Any, command: str) -> dict[
     with atomic_path(out / "detection.csv") as tmp:
         df.to_csv(tmp, index=False, float_format="%.6g")
     lines = ["# Detection", "", f"Made by `{command}`.", "",
-             "ACC-NADV / ACC-COM in % on set II (seed 000's Table 4 definitions); ROC-AUC and TPR at 5% FPR"
-             " in `detection.csv`. Detectors trained on set I with the training attack's examples.", ""]
+             "ACC-NADV / ACC-COM in % on set II (definitions of Li et al. 2021, Table 4); ROC-AUC"
+             " and TPR at 5% FPR in `detection.csv`. Detectors trained on set I with the training attack's examples.", ""]
     for (defense, train), part in df.groupby(["defense", "train_attack"], sort=False):
         dets = list(dict.fromkeys(part["detector"]))
         lines += [f"## {defense}, detectors trained on {train}", "",

@@ -73,7 +73,8 @@ def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
 
 def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float]) -> tuple[list[str], list[list[str]]]:
     """Robust accuracy (worst case over the attacks, %) of each defense at each of ``eps``,
-    defenses as rows, as seed 002's Table 1 prints them; "–" where an eps is not on the grid."""
+    defenses as rows, as Table 1 of Li et al. (ICLR submission) prints them; "–" where an eps is
+    not on the grid."""
     c = t.curves
     c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == WORST)]
     head = ["defense"] + [pretty_eps(e) for e in eps]

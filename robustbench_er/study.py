@@ -1,4 +1,5 @@
-"""Hyper-parameter studies: one defense's hyper-parameter swept over values (seed 000 Figures 7-9).
+"""Hyper-parameter studies: one defense's hyper-parameter swept over values (Li et al. 2021,
+Figures 7-9).
 
 An experiment file's ``study:`` section (a mapping, or a list of them)::
 

@@ -97,7 +97,8 @@ class SweepConfig:
     mode: str = "cascade"
     #: how a fixed-epsilon attack walks the grid: "bisect" (per-sample search) or "ascending"
     search: str = "bisect"
-    #: unit of L2 epsilons: "l2" (plain) or "rms" (L2 / sqrt(number of pixels), as in seed 000/002)
+    #: unit of L2 epsilons: "l2" (plain) or "rms" (L2 / sqrt(number of pixels),
+    #: as in Li et al. 2021 and Li et al. (ICLR submission))
     l2_unit: str = "l2"
     #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
     #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.executor)

@@ -1,5 +1,5 @@
 """Detectors: registered, fit and score on tiny models, separate PGD examples from natural ones;
-seed 000's metrics; bad input refused with one sentence and nothing written."""
+the metrics of Li et al. 2021; bad input refused with one sentence and nothing written."""
 
 from __future__ import annotations
 

@@ -173,7 +173,7 @@ def test_built_in_defense_gan_declares_bpda_and_fgsm_single_step():
     assert get_attack("fgsm").single_step and not get_attack("pgd").single_step
 
 
-# ---- seed 000 Figure 4: the ablations without min-max ---------------------------------------
+# ---- Li et al. 2021, Figure 4: the ablations without min-max ------------------------------
 
 @pytest.mark.parametrize("name", ["e-cla", "vae-cla"])
 def test_er_ablations_train_without_min_max_by_default(name):

@@ -81,7 +81,8 @@ def test_paper_network_forward_gives_logits_and_features(defense, dataset):
             assert e.dim() == 2 and e.shape[0] == 2 and torch.isfinite(e).all()
 
 
-#: seed 000 Table 15: (backbone, input shape, classes) -> (conv, BatchNorm, max-pool, linear) counts
+#: Li et al. 2021, Table 15: (backbone, input shape, classes) -> (conv, BatchNorm, max-pool,
+#: linear) counts
 TABLE15 = {
     ("mnist_4c4f", (1, 28, 28), 10): (4, 0, 2, 4),
     ("vgg19_bn", (3, 32, 32), 10): (16, 16, 5, 3),
@@ -151,7 +152,7 @@ def test_stl10_and_tiny_imagenet_follow_er_protocol(defense):
                                             ("tiny-imagenet", "tiny_13c4f", 0.01, 10, 100)):
         hp = cls.hparams(dataset, "paper")
         assert hp.backbone.removeprefix("rse_") == net and hp.epochs == 30 and hp.batch_size == batch
-        if hasattr(hp, "eps"):  # seed 000 Table 9
+        if hasattr(hp, "eps"):  # Li et al. 2021, Table 9
             assert (hp.eps, hp.attack_steps) == (eps, steps)
 
 
@@ -160,10 +161,11 @@ def test_cifar100_presets_use_resnet18(defense):
     cls = get_defense(defense)
     paper, quick = cls.hparams("cifar100", "paper"), cls.hparams("cifar100", "quick")
     assert paper.backbone == "resnet18" and quick.backbone == "tiny_cnn"
-    assert paper == cls.hparams("cifar10", "paper")  # seed 004 trains CIFAR10 and CIFAR100 alike
+    # Bashivan et al. 2021 train CIFAR10 and CIFAR100 alike
+    assert paper == cls.hparams("cifar10", "paper")
     if hasattr(paper, "eps"):
         assert abs(paper.eps - 8 / 255) < 1e-3
-    if defense == "afd":  # seed 004 Table A2, CIFAR-100 row
+    if defense == "afd":  # Bashivan et al. 2021, Table A2, CIFAR-100 row
         assert (paper.lr_e, paper.lr_da, paper.lr, paper.weight_decay, paper.batch_size, paper.epochs) == (
             0.5, 0.1, 0.1, 1e-4, 64, 850)
 

@@ -1,5 +1,5 @@
 """Transfer (black-box) attacks from a surrogate checkpoint, and sweeps over several seeds with
-mean ± std rows in the leaderboards (seed 004's Table 1 reports both)."""
+mean ± std rows in the leaderboards (Bashivan et al. 2021, Table 1, report both)."""
 
 from __future__ import annotations
 

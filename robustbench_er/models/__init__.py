@@ -2,7 +2,7 @@
 (the embedding before the last linear layer) beside ``forward(x)`` (logits).
 
 ``mnist_4c4f``, ``vgg19_bn``, ``stl10_6c4f`` and ``tiny_13c4f`` are the baseline networks of the
-ER-Classifier paper (seed 000, Table 15), in :mod:`robustbench_er.models.paper_nets`."""
+ER-Classifier paper (Li et al. 2021, Table 15), in :mod:`robustbench_er.models.paper_nets`."""
 
 from robustbench_er.models.paper_nets import PAPER_NETS, VGG19BN, Mnist4C4F, STL10Net6C4F, Tiny13C4F
 from robustbench_er.models.resnet import ResNet5, ResNet18

@@ -1,4 +1,4 @@
-"""The baseline networks of the ER-Classifier paper (Li et al., ICCV 2021; seed 000, appendix G,
+"""The baseline networks of the ER-Classifier paper (Li et al. 2021, ICCV; appendix G,
 Table 15 "Architectures of baseline networks"), used by the plain-classifier defenses (``none``,
 ``madry``, ``trades``; noisy copies for ``rse``) under ER's protocol.
 
@@ -124,7 +124,8 @@ class _PaperNet(nn.Module):
 
 
 class Mnist4C4F(_PaperNet):
-    """MNIST baseline of seed 000 Table 15: 4 conv + 4 FC (widths ours, see the module docstring)."""
+    """MNIST baseline of Li et al. 2021, Table 15: 4 conv + 4 FC (widths ours, see the module
+    docstring)."""
 
     def __init__(self, in_channels: int = 1, classes: int = 10, image_size: int = 28, *,
                  hidden: Sequence[int] = (200, 200, 200), pre_conv: PreConv | None = None) -> None:
@@ -138,7 +139,8 @@ class Mnist4C4F(_PaperNet):
 
 
 class VGG19BN(_PaperNet):
-    """CIFAR10 baseline of seed 000 Table 15: VGG19 with BatchNorm (16 conv, 5 max-pools, 3 FC)."""
+    """CIFAR10 baseline of Li et al. 2021, Table 15: VGG19 with BatchNorm (16 conv, 5 max-pools,
+    3 FC)."""
 
     def __init__(self, in_channels: int = 3, classes: int = 10, image_size: int = 32, *,
                  hidden: Sequence[int] = (512, 512), pre_conv: PreConv | None = None) -> None:
@@ -151,7 +153,8 @@ class VGG19BN(_PaperNet):
 
 
 class STL10Net6C4F(_PaperNet):
-    """STL10 baseline of seed 000 Table 15: 6 conv with BN, 5 max-pools, 4 FC (widths ours)."""
+    """STL10 baseline of Li et al. 2021, Table 15: 6 conv with BN, 5 max-pools, 4 FC (widths
+    ours)."""
 
     def __init__(self, in_channels: int = 3, classes: int = 10, image_size: int = 96, *,
                  hidden: Sequence[int] = (512, 512, 512), pre_conv: PreConv | None = None) -> None:
@@ -164,7 +167,8 @@ class STL10Net6C4F(_PaperNet):
 
 
 class Tiny13C4F(_PaperNet):
-    """Tiny ImageNet baseline of seed 000 Table 15: 13 conv with BN (VGG16-BN), 5 max-pools, 4 FC."""
+    """Tiny ImageNet baseline of Li et al. 2021, Table 15: 13 conv with BN (VGG16-BN), 5 max-pools,
+    4 FC."""
 
     def __init__(self, in_channels: int = 3, classes: int = 200, image_size: int = 64, *,
                  hidden: Sequence[int] = (512, 512, 512), pre_conv: PreConv | None = None) -> None:

@@ -1,8 +1,8 @@
 """ResNets in the CIFAR form (3x3 stem, no max-pool).
 
 ``ResNet18``: four stages of two basic blocks (64-128-256-512). ``ResNet5``: the small MNIST
-network of AFD (seed 004, Table A1): conv32 stride 2, BN, ReLU, one basic block of 64 with
-stride 2, global average pool, FC200 + ReLU, FC to the classes.
+network of AFD (Bashivan et al. 2021, Table A1): conv32 stride 2, BN, ReLU, one basic block
+of 64 with stride 2, global average pool, FC200 + ReLU, FC to the classes.
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
             "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
-            "table_eps": args.table_eps, "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
+            "table_eps": args.table_eps, "table_attacks": args.table_attacks, "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
             "executor": ({"kind": args.executor, "address": args.ray_address} if args.executor or args.ray_address
                          else None)}
 
@@ -488,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard (a point of the grid)")
     sp.add_argument("--table-eps", default=None, help="epsilons of a per-eps table in leaderboard.md, defenses as"
                     " rows (e.g. 0,0.1,0.2,0.3,0.4; grid points)")
+    sp.add_argument("--table-attacks", default=None, help="attack labels that get a per-eps table of their own"
+                    " beside the worst case (e.g. pgd: PGD alone)")
     sp.add_argument("--mode", default=None, help=f"{' or '.join(MODES)}: several attacks as a cascade on the"
                     f" survivors, or each on every point (default: {default['mode']})")
     sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon attacks walk"

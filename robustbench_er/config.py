@@ -280,6 +280,9 @@ class SweepSpec(_Model):
     #: epsilons of the per-eps table in the Markdown leaderboard (the layout of Table 1
     #: in Li et al. (ICLR submission))
     table_eps: list[float] | None = None
+    #: attacks (by label) that get a per-eps table of their own beside the worst case (e.g. PGD
+    #: alone, as that table prints it)
+    table_attacks: list[str] | None = None
     mode: Literal["cascade", "independent"] = "cascade"
     search: Literal["bisect", "ascending"] = "bisect"
     l2_unit: Literal["l2", "rms"] = "l2"
@@ -341,6 +344,13 @@ class SweepSpec(_Model):
     @classmethod
     def _table_eps(cls, v: Any) -> Any:
         return None if v is None else _eps_or_error(v)
+
+    @field_validator("table_attacks", mode="before")
+    @classmethod
+    def _table_attacks(cls, v: Any) -> Any:
+        if v is None or isinstance(v, list):
+            return v
+        return [s.strip() for s in split_top_level(str(v)) if s.strip()]
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -470,6 +480,7 @@ _WANTS = {
     "seeds": "distinct integers, e.g. 0,1,2",
     "headline": "a number >= 0 (e.g. 0.3 or 8/255)",
     "table_eps": "epsilons, e.g. 0,0.1,0.2 or 0:0.4:0.1",
+    "table_attacks": "attack labels of the sweep, e.g. pgd",
     "profile": "quick or paper",
     "mode": " or ".join(MODES),
     "search": " or ".join(SEARCHES),
@@ -695,11 +706,18 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
             raise UserInputError(f"{at('table_eps')}: {e} is not on the sweep's epsilon grid"
                                  f" (the nearest grid point is {near}).")
 
+    labels = [a.display for a in attacks]
+    for label in spec.table_attacks or []:
+        if label not in labels:
+            raise UserInputError(f"{at('table_attacks')}: {label!r} is not an attack of this sweep"
+                                 f" (its attacks: {', '.join(labels)}).")
+
     return SweepConfig(
         dataset=spec.dataset, defenses=names, attacks=attacks, eps=grid, norm=spec.norm, samples=spec.samples,
         profile=spec.profile, seed=spec.seeds[0] if spec.seeds else spec.seed, seeds=spec.seeds, out=Path(spec.out),
         data_dir=spec.data_dir, download=spec.download,
         device=spec.device, batch_size=spec.batch_size, eot=spec.eot, headline=spec.headline, table_eps=spec.table_eps,
+        table_attacks=spec.table_attacks,
         defense_overrides=overrides, checkpoints=dict(spec.checkpoints), progress=progress,
         mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit, executor=spec.executor.model_dump(),
     )

@@ -19,6 +19,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,24 @@ def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
     return out
 
 
-def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float]) -> tuple[list[str], list[list[str]]]:
-    """Robust accuracy (worst case over the attacks, %) of each defense at each of ``eps``,
-    defenses as rows, as Table 1 of Li et al. (ICLR submission) prints them; "–" where an eps is
-    not on the grid."""
+def _table_attacks_from_runs(store: Store) -> list[str]:
+    """Every attack label a sweep of the store asked a per-eps table for, in the order asked."""
+    out: dict[str, None] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            out.update(dict.fromkeys(str(a) for a in json.loads(cfg).get("table_attacks") or []))
+        except (ValueError, TypeError):
+            continue
+    return list(out)
+
+
+def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float],
+                  attack: str = WORST) -> tuple[list[str], list[list[str]]]:
+    """Robust accuracy (%) of each defense at each of ``eps``, defenses as rows, as Table 1 of
+    Li et al. (ICLR submission) prints them: the worst case over the attacks, or one attack's own
+    curve (``attack``, a label; in a cascade its stage's); "–" where an eps is not on the grid."""
     c = t.curves
-    c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == WORST)]
+    c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == attack)]
     head = ["defense"] + [pretty_eps(e) for e in eps]
     rows = []
     several = "seed" in c and c["seed"].nunique() > 1
@@ -478,7 +491,8 @@ LEGEND = ("Accuracies in %, on the evaluated test points. Robust accuracy = per-
           " ADBD = mean distance of the adversarial examples a minimization attack found.")
 
 
-def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, list[float]] | None = None) -> str:
+def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, list[float]] | None = None,
+                         table_attacks: Sequence[str] = ()) -> str:
     lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "", LEGEND, ""]
     for sec in leaderboard_sections(t):
         lines += [f"## {sec.title}", "", "| " + " | ".join(sec.head) + " |", "|" + "---|" * len(sec.head)]
@@ -491,6 +505,15 @@ def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, l
                       "Worst case over the attacks at each eps (%), on each defense's evaluated points.", "",
                       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             lines += ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
+            for label in table_attacks:
+                head, rows = per_eps_table(t, dataset, norm, table_eps[norm], attack=label)
+                if not rows:
+                    continue
+                lines += [f"### {sec.title}: {label} alone at chosen epsilons", "",
+                          f"Robust accuracy under {label} alone at each eps (%; in a cascade, its own stage),"
+                          " on each defense's evaluated points.", "",
+                          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                lines += ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
     return "\n".join(lines)
 
 
@@ -671,7 +694,7 @@ def write_reports(store: Store, out: Path, headline: Headline = None,
         t.board.to_csv(tmp, index=False, float_format="%.10g")
     with atomic_path(out / "attacks.csv") as tmp:
         t.attacks.to_csv(tmp, index=False, float_format="%.10g")
-    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov, table_eps))
+    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov, table_eps, _table_attacks_from_runs(store)))
     write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
     paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
                  markdown=out / "leaderboard.md", json=out / "leaderboard.json")

@@ -88,6 +88,8 @@ class SweepConfig:
     headline: float | None = None
     #: epsilons of the leaderboard's per-eps table (None: no table)
     table_eps: list[float] | None = None
+    #: attack labels that get a per-eps table of their own (None: the worst case only)
+    table_attacks: list[str] | None = None
     defense_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: defense name -> a checkpoint folder to evaluate instead of training (safetensors + meta.json)
     checkpoints: dict[str, str] = field(default_factory=dict)

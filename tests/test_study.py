@@ -75,3 +75,20 @@ def test_per_eps_table_reads_the_worst_case_curve(tmp_path):
     assert "| defense | 0 | 0.1 | 0.3 |" in (out / "leaderboard.md").read_text()
     assert main(["report", "--out", str(out), "--table-eps", "0.2", "--quiet"]) == 0
     assert "| defense | 0.2 |" in (out / "leaderboard.md").read_text()
+
+
+def test_per_eps_table_of_one_attack_alone(tmp_path):
+    """--table-attacks adds a table of one attack's own curve (PGD alone, as Table 1 of Li et al.
+    (ICLR submission) prints it) beside the worst case over the cascade."""
+    out = tmp_path / "o"
+    assert main(["sweep", "--dataset", "digits", "--defense", "none[epochs=1]", "--attack", "fgsm,pgd(steps=5)",
+                 "--eps", "0:0.3:0.1", "--samples", "60", "--table-eps", "0.1,0.2", "--table-attacks", "fgsm",
+                 "--out", str(out), "--quiet"]) == 0
+    md = (out / "leaderboard.md").read_text()
+    alone = md[md.index("fgsm alone at chosen epsilons"):].splitlines()
+    row = next(ln for ln in alone if ln.startswith("| none[epochs=1] |")).strip("| ").split(" | ")
+    curves = pd.read_csv(out / "curves.csv").set_index(["attack", "eps"])["robust_acc"]
+    assert [float(v) for v in row[1:]] == [round(100 * curves.loc[("fgsm", e)], 1) for e in (0.1, 0.2)]
+    assert curves.loc[("worst-case", 0.2)] < curves.loc[("fgsm", 0.2)]  # the cascade's PGD adds breaks
+    assert main(["sweep", "--dataset", "digits", "--defense", "none[epochs=1]", "--attack", "fgsm",
+                 "--eps", "0:0.3:0.1", "--table-attacks", "pgd", "--out", str(tmp_path / "x"), "--quiet"]) == 2

@@ -434,7 +434,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from robustbench_er.config import DEVICE_HELP, L2_UNITS, MODES, SEARCHES, SweepSpec
+    from robustbench_er.config import DEVICE_HELP, MODES, SEARCHES, SweepSpec
+    from robustbench_er.metrics import L2_UNITS
 
     default = {k: f.default for k, f in SweepSpec.model_fields.items()}
     p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
@@ -494,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                     f" survivors, or each on every point (default: {default['mode']})")
     sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon attacks walk"
                     f" the grid (default: {default['search']})")
-    sp.add_argument("--l2-unit", default=None, help=f"{' or '.join(L2_UNITS)}: unit of L2 epsilons; rms ="
-                    f" L2 / sqrt(number of pixels) (default: {default['l2_unit']})")
+    sp.add_argument("--l2-unit", default=None, help=f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}: unit of L2 epsilons; rms ="
+                    " L2 / sqrt(number of pixels), mse = L2^2 / number of pixels (the reading of Li et al."
+                    f" 2021's C&W bounds) (default: {default['l2_unit']})")
     sp.add_argument("--executor", default=None, help="local (default) or ray: training jobs and attack batches as"
                     " Ray tasks (pip install 'robustbench-er[ray]')")
     sp.add_argument("--ray-address", default=None, help="join this Ray cluster (auto, ray://host:10001);"

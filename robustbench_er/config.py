@@ -28,10 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from pydantic_core import PydanticCustomError
 
 from robustbench_er.errors import UserInputError
+from robustbench_er.metrics import L2_UNITS, to_norm, unit_scale
 
 MODES = ("cascade", "independent")
 SEARCHES = ("bisect", "ascending")
-L2_UNITS = ("l2", "rms")
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
@@ -285,7 +285,7 @@ class SweepSpec(_Model):
     table_attacks: list[str] | None = None
     mode: Literal["cascade", "independent"] = "cascade"
     search: Literal["bisect", "ascending"] = "bisect"
-    l2_unit: Literal["l2", "rms"] = "l2"
+    l2_unit: Literal["l2", "rms", "mse"] = "l2"
     #: defense name -> a checkpoint folder to evaluate instead of training
     checkpoints: dict[str, str] = Field(default_factory=dict)
     #: ``ray`` or ``{kind: ray, address: ..., gpus_per_cell: 1}``; default: this process
@@ -484,7 +484,7 @@ _WANTS = {
     "profile": "quick or paper",
     "mode": " or ".join(MODES),
     "search": " or ".join(SEARCHES),
-    "l2_unit": " or ".join(L2_UNITS),
+    "l2_unit": f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}",
     "download": "true or false",
 }
 
@@ -636,9 +636,9 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
     total = len(data.y_test)
 
     def grid_ok(grid: list[float], loc: str) -> list[float]:
-        scale = math.sqrt(dim) if spec.norm == "L2" and spec.l2_unit == "rms" else 1.0
+        scale = unit_scale(spec.norm, spec.l2_unit, dim)
         try:
-            validate_grid([e * scale for e in grid], spec.norm, dim)
+            validate_grid([to_norm(e, spec.l2_unit if spec.norm == "L2" else None, scale) for e in grid], spec.norm, dim)
         except UserInputError as exc:
             raise _reraise(loc, exc) from None
         return list(grid)

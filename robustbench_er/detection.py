@@ -39,6 +39,7 @@ import torch
 
 from robustbench_er.defended import DefendedModel
 from robustbench_er.errors import UserInputError
+from robustbench_er.metrics import to_norm, unit_scale
 
 
 class Detector:
@@ -296,11 +297,7 @@ def threat(cfg: Any, setup: DetectionSetup, dim: int) -> tuple[Any, str, float, 
         raise UserInputError(f"attack {cfg.display!r}: eps must be a number; got {eps!r}.") from None
     if not given >= 0:
         raise UserInputError(f"attack {cfg.display!r}: eps must be >= 0; got {eps!r}.")
-    l2 = given
-    if norm == "L2" and setup.l2_unit == "rms":  # ||d||_2 / sqrt(pixels) <= given
-        l2 = given * math.sqrt(dim)
-    elif norm == "L2" and setup.l2_unit == "mse":  # ||d||_2^2 / pixels <= given
-        l2 = math.sqrt(given * dim)
+    l2 = to_norm(given, setup.l2_unit, unit_scale(norm, setup.l2_unit, dim)) if norm == "L2" else given
     return AttackConfig(cfg.name, params, label=cfg.label), norm, given, l2
 
 

@@ -15,6 +15,25 @@ import pandas as pd
 #: two grid values closer than this are the same epsilon
 EPS_TOL = 1e-9
 
+#: units of L2 epsilons: the plain L2 norm; RMS, L2 / sqrt(pixels); MSE, the mean squared
+#: distortion per pixel, L2^2 / pixels (the reading of the C&W bounds of Li et al. 2021)
+L2_UNITS = ("l2", "rms", "mse")
+
+
+def unit_scale(norm: str, l2_unit: str, dim: int) -> float:
+    """sqrt(pixels) for L2 epsilons in RMS or MSE units, else 1 (the plain norm)."""
+    return float(np.sqrt(dim)) if norm == "L2" and l2_unit in ("rms", "mse") else 1.0
+
+
+def to_norm(eps: float, l2_unit: str | None, scale: float) -> float:
+    """An epsilon in the user's unit -> the norm's own value (``scale`` from :func:`unit_scale`)."""
+    return float(np.sqrt(eps) * scale) if l2_unit == "mse" else float(eps * scale)
+
+
+def from_norm(value: float, l2_unit: str | None, scale: float) -> float:
+    """The inverse of :func:`to_norm`: the norm's own value -> the user's unit."""
+    return float((value / scale) ** 2) if l2_unit == "mse" else float(value / scale)
+
 
 def robust_accuracy(clean_correct: np.ndarray, broken_at: np.ndarray, eps: float) -> float:
     """Share of points correct and unbroken at ``eps`` (``broken_at`` NaN = never broken)."""

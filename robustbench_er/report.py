@@ -30,7 +30,7 @@ import pandas as pd
 from robustbench_er.checks import attack_run, cross_attack_flags
 from robustbench_er.errors import UserInputError
 from robustbench_er.files import atomic_path, write_text_atomic
-from robustbench_er.metrics import EPS_TOL, auc, curve, pretty_eps, worst_case
+from robustbench_er.metrics import EPS_TOL, auc, curve, from_norm, pretty_eps, worst_case
 from robustbench_er.store import Store
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,8 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
         cell_flags: dict[str, str] = {}
 
         def eps_cols(e: float, unit: str = unit, scale: float = scale) -> dict[str, Any]:
-            return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=unit, eps_in_unit=float(e) / scale)
+            return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=unit,
+                        eps_in_unit=from_norm(float(e), unit, scale))
 
         for chain in chains:
             cascade = len(chain) > 1
@@ -284,7 +285,7 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
                                          math.nan)
         board_rows.append(dict(
             dataset=dataset, defense=defense, norm=norm, seed=seed, headline_eps=hl, headline_label=pretty_eps(hl),
-            eps_unit=unit, headline_in_unit=hl / scale, n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
+            eps_unit=unit, headline_in_unit=from_norm(hl, unit, scale), n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
             robust_acc=float(curve(wc, [hl])[0]), auc=auc(union, wc_acc) if len(union) >= 2 else math.nan,
             attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
             flags=";".join(sorted(cell_flags)),

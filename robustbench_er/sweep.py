@@ -38,6 +38,7 @@ from robustbench_er.checkpoints import spec_hash
 from robustbench_er.data import Dataset, load_dataset
 from robustbench_er.defended import DefendedModel, check_model_output
 from robustbench_er.errors import UserInputError
+from robustbench_er.metrics import L2_UNITS, to_norm, unit_scale
 from robustbench_er.registry import DEFENSES, defense_label, get_attack, get_defense, split_variant
 from robustbench_er.store import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 from robustbench_er.trained import Trained, get_or_train
@@ -296,18 +297,14 @@ def _attached_models(attack: Attack, prep: Prepared, trained: Mapping[str, Train
 
 MODES = ("cascade", "independent")
 SEARCHES = ("bisect", "ascending")
-L2_UNITS = ("l2", "rms")
-
-
 def eps_scale(norm: str, l2_unit: str, dim: int) -> float:
-    """Factor from the user's epsilon unit to the plain norm: sqrt(pixels) for L2 in RMS units."""
+    """The scale of the user's epsilon unit (:func:`robustbench_er.metrics.unit_scale`):
+    sqrt(pixels) for L2 in RMS or MSE units; :func:`robustbench_er.metrics.to_norm` converts."""
     if l2_unit not in L2_UNITS:
         raise UserInputError(f"Unknown L2 unit {l2_unit!r}; use one of {', '.join(L2_UNITS)}.")
-    if l2_unit == "rms":
-        if norm != "L2":
-            raise UserInputError(f"The rms unit applies to L2 epsilons only, not {norm}.")
-        return math.sqrt(dim)
-    return 1.0
+    if l2_unit != "l2" and norm != "L2":
+        raise UserInputError(f"The {l2_unit} unit applies to L2 epsilons only, not {norm}.")
+    return unit_scale(norm, l2_unit, dim)
 
 
 @dataclass
@@ -353,13 +350,15 @@ def prepare(cfg: SweepConfig) -> Prepared:
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.download)
     dim = int(np.prod(data.spec.shape))
     scale = eps_scale(norm, cfg.l2_unit, dim)
-    grid = validate_grid([e * scale for e in cfg.eps], norm, dim)
+    unit = cfg.l2_unit if norm == "L2" else None
+    grid = validate_grid([to_norm(e, unit, scale) for e in cfg.eps], norm, dim)
     ids = data.sample_ids(cfg.samples)
     attack_grids: list[list[float] | None] = []
     models: dict[str, ModelRef] = {}
     prev_n = len(ids)
     for a in cfg.attacks:
-        attack_grids.append(validate_grid([e * scale for e in a.eps], norm, dim) if a.eps is not None else None)
+        attack_grids.append(validate_grid([to_norm(e, unit, scale) for e in a.eps], norm, dim)
+                            if a.eps is not None else None)
         if a.samples is not None and not 1 <= a.samples <= len(ids):
             raise UserInputError(f"Attack {a.display!r}: samples must be between 1 and {len(ids)}; got {a.samples}.")
         n_a = a.samples or len(ids)
@@ -783,9 +782,10 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
     try:
         config = dataclasses.asdict(cfg)
         if cfg.headline is not None and cells:  # the headline in the norm's own unit, for later reports
-            config["headline_eps"] = cfg.headline * float(cells[0].spec["eps_scale"])
+            config["headline_eps"] = to_norm(cfg.headline, cells[0].spec.get("l2_unit"), float(cells[0].spec["eps_scale"]))
         if cfg.table_eps and cells:  # the same, for the per-eps table
-            config["table_eps_scaled"] = [e * float(cells[0].spec["eps_scale"]) for e in cfg.table_eps]
+            config["table_eps_scaled"] = [to_norm(e, cells[0].spec.get("l2_unit"), float(cells[0].spec["eps_scale"]))
+                                          for e in cfg.table_eps]
         run_id = store.start_run(command, config, versions())
         done: dict[str, CellSummary] = {}
         owner = lease_owner()

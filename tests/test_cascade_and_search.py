@@ -144,6 +144,17 @@ def test_l2_rms_unit_converts_and_is_recorded(tmp_path):
         run_sweep(_cfg(tmp_path / "x", l2_unit="rms"))
 
 
+def test_l2_mse_unit_is_the_mean_squared_distortion_per_pixel(tmp_path):
+    """MSE (L2^2 / pixels), the reading of the C&W bounds of Li et al. 2021: L2 = sqrt(mse * d)."""
+    mse = [0.0, 0.01, 0.04]
+    run_sweep(_cfg(tmp_path, norm="L2", eps=mse, l2_unit="mse", headline=0.04, attacks=[AttackConfig("pgd")]))
+    pgd = pd.read_csv(tmp_path / "curves.csv").query("attack == 'pgd'").sort_values("eps")
+    assert pgd["eps"].tolist() == pytest.approx([(e * 64) ** 0.5 for e in mse])  # digits: 64 pixels
+    assert pgd["eps_in_unit"].tolist() == pytest.approx(mse) and set(pgd["eps_unit"]) == {"mse"}
+    board = pd.read_csv(tmp_path / "leaderboard.csv").iloc[0]
+    assert board["headline_eps"] == pytest.approx(1.6) and board["headline_in_unit"] == pytest.approx(0.04)
+
+
 def test_curve_reads_cumulative_outcomes():
     out = pd.DataFrame({"sample_id": [1, 2, 3], "clean_correct": [1, 1, 0], "broken_at": [0.1, np.nan, np.nan]})
     assert curve(out, [0.0, 0.1]).tolist() == pytest.approx([2 / 3, 1 / 3])

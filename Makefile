@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= results/quickstart
 
-.PHONY: demo test install install-dev lint bench clean
+.PHONY: demo test install install-dev lint bench gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: install-dev
 
 bench: install
 	$(BIN)/python benchmarks/sweep_efficiency.py
+
+# Everything a lent GPU must show, in one command of at most 8 minutes (benchmarks/README.md);
+# extra flags through GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--budget-s 300 --parts 1,2".
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out results/gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -14,12 +14,19 @@ split sizes (zero images, labels cycling over the classes), which is all a plan 
     python benchmarks/paper_cost.py                      # every configs/paper_*.yaml, on this CPU
     python benchmarks/paper_cost.py --device cuda        # the same on a GPU: its hours
     python benchmarks/paper_cost.py configs/paper_afd_mnist.yaml
+    python benchmarks/paper_cost.py --throughput results/gpu_check/gpu_check.json   # the GPU's measured numbers
+
+``--throughput FILE`` reads each network's seconds per evaluation from the JSON that
+``benchmarks/gpu_check.py`` wrote on a GPU (its part 5, the same measure at each batch size; the
+largest batch measured, or ``--batch``'s) instead of measuring them here; a network the file
+lacks is measured on ``--device`` and listed as such.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -143,19 +150,74 @@ def cost(path: Path, device: torch.device, batch: int, cache: dict[Any, float]) 
     return {"config": path.name, "cells": cell_evals, "training": train_evals, "hours": hours}
 
 
+def _key(defense: str, dataset: str, overrides: dict[str, Any] | None) -> tuple[Any, ...]:
+    """The key :func:`seconds_per_evaluation` caches a network under."""
+    items = ((k, tuple(v) if isinstance(v, list) else v) for k, v in (overrides or {}).items())
+    return (defense, dataset, tuple(sorted(items)))
+
+
+class _Reads(dict):  # type: ignore[type-arg]
+    """A cache that remembers which keys were read (the networks a table used)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[Any] = set()
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def measured_throughput(path: Path, batch: int | None) -> tuple[dict[Any, float], str]:
+    """Seconds per evaluation per network from ``gpu_check.json`` (benchmarks/gpu_check.py,
+    part 5), at ``batch`` (the nearest measured batch) or, without it, the largest measured
+    batch; and a line saying where they were measured."""
+    data = json.loads(Path(path).read_text())
+    part = (data.get("parts") or {}).get("evaluations") or {}
+    per_key: dict[Any, dict[int, float]] = {}
+    for e in (part.get("results") or {}).get("entries") or []:
+        if e.get("seconds_per_evaluation") and e.get("defense") and e.get("dataset"):
+            per_key.setdefault(_key(e["defense"], e["dataset"], e.get("overrides")), {})[int(e["batch"])] = \
+                float(e["seconds_per_evaluation"])
+    if not per_key:
+        raise SystemExit(f"paper_cost: {path} holds no measured evaluations (gpu_check part 5 status:"
+                         f" {part.get('status', 'missing')}).")
+    cache = {}
+    for key, by_batch in per_key.items():
+        b = max(by_batch) if batch is None else min(by_batch, key=lambda m: (abs(m - batch), -m))
+        cache[key] = by_batch[b]
+    env = data.get("environment") or {}
+    where = (f"{env.get('device_name') or env.get('device')} ({env.get('device')}, torch {env.get('torch')}),"
+             f" measured by gpu_check.py on {data.get('created')}")
+    return cache, where
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("configs", nargs="*", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=None, help="images per timed pass (default: 32 on a CPU, 256 on a GPU)")
+    ap.add_argument("--throughput", type=Path, default=None,
+                    help="gpu_check.json: read each network's measured seconds per evaluation from it (part 5)"
+                         " instead of measuring here")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     batch = args.batch or (256 if device.type == "cuda" else 32)
     paths = args.configs or sorted((ROOT / "configs").glob("paper_*.yaml"))
-    cache: dict[Any, float] = {}
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'},"
-          f" {torch.get_num_threads()} threads), batch {batch}")
-    print("| config | cell evaluations | training evaluations (estimate) | hours on this device | largest share |")
+    cache = _Reads()
+    from_file: set[Any] = set()
+    if args.throughput is not None:
+        measured, where = measured_throughput(args.throughput, args.batch)
+        cache.update(measured)
+        from_file = set(measured)
+        print(f"throughput from {args.throughput}: {where}; {len(cache)} networks"
+              f" ({'batch ' + str(args.batch) if args.batch else 'largest batch measured'});"
+              f" any other network is measured on device {device}")
+    else:
+        print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'},"
+              f" {torch.get_num_threads()} threads), batch {batch}")
+    hours_col = "hours at the measured throughput" if args.throughput is not None else "hours on this device"
+    print(f"| config | cell evaluations | training evaluations (estimate) | {hours_col} | largest share |")
     print("| --- | --- | --- | --- | --- |")
     for p in paths:
         c = cost(p, device, batch, cache)
@@ -164,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         share = f"{top} ({100 * c['hours'][top] / total:.0f}%)" if total else "-"
         print(f"| {c['config']} | {c['cells']:.3g} | {c['training']:.3g} | {total:,.1f} | {share} |", flush=True)
     print("\nseconds per evaluation (forward or backward of one image), measured:")
-    for (defense, dataset, over), s in sorted(cache.items()):
+    for key, s in sorted(cache.items()):
+        if key not in cache.read:  # in the file, but no table here needed it
+            continue
+        defense, dataset, over = key
         extra = f" {dict(over)}" if over else ""
-        print(f"  {dataset:14s} {defense}{extra}: {s * 1e3:.3f} ms ({1 / s:,.0f} evaluations/s)")
+        src = "" if args.throughput is None else (" (gpu_check)" if key in from_file else f" (measured here, {device})")
+        print(f"  {dataset:14s} {defense}{extra}: {s * 1e3:.3f} ms ({1 / s:,.0f} evaluations/s){src}")
     return 0
 
 

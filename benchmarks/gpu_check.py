@@ -387,19 +387,11 @@ def robust_at(clean: np.ndarray, broken_at: np.ndarray, eps: float) -> np.ndarra
 
 
 def build_network(defense: str, dataset: str, device: torch.device) -> tuple[Any, Any, Any, Any]:
-    """The ``paper`` preset's network of ``defense`` on ``dataset``, built by the defense as
+    """The ``paper`` preset's network of ``defense`` on ``dataset``, built as
     ``benchmarks/paper_cost.py`` builds it: (model, model gradient attacks see, spec, hp)."""
-    from robustbench_er.data import SPECS
-    from robustbench_er.registry import get_defense
+    from paper_cost import paper_network
 
-    cls = get_defense(defense)
-    spec = SPECS[dataset]
-    hp = cls.hparams(dataset, "paper", None)
-    d = cls()
-    torch.manual_seed(0)
-    model = d.wrap(d.build(spec, hp), spec, hp).to(device).eval()
-    target = model.bpda_model() if getattr(model, "bpda_model", None) and getattr(cls, "bpda", False) else model
-    return model, target, spec, hp
+    return paper_network(defense, dataset, device)
 
 
 def n_params(model: torch.nn.Module) -> float:
@@ -860,17 +852,14 @@ def part_evaluations(ctx: Context, res: dict[str, Any]) -> None:
     res.update(batches=s.eval_batches, configs=[p.name for p in s.cost_configs], networks=[], entries=[])
     # one measurement per distinct network: defenses that build the same architecture share it
     groups: dict[str, dict[str, Any]] = {}
-    for defense, dataset, over in keys:
-        from robustbench_er.data import SPECS
-        from robustbench_er.registry import get_defense
+    from paper_cost import paper_network
 
+    from robustbench_er.registry import get_defense
+
+    for defense, dataset, over in keys:
         try:
             cls = get_defense(defense)
-            hp = cls.hparams(dataset, "paper", over or None)
-            d = cls()
-            torch.manual_seed(0)
-            model = d.wrap(d.build(SPECS[dataset], hp), SPECS[dataset], hp)
-            target = model.bpda_model() if getattr(model, "bpda_model", None) and getattr(cls, "bpda", False) else model
+            model, target, spec, hp = paper_network(defense, dataset, torch.device("cpu"), over or None)
             # the architecture decides the cost; a randomized or BPDA forward also its settings
             extra = repr(hp) if getattr(cls, "randomized", False) or getattr(cls, "bpda", False) else ""
             sig = hashlib.sha256(f"{dataset}|{target!r}|{extra}".encode()).hexdigest()[:12]
@@ -878,7 +867,7 @@ def part_evaluations(ctx: Context, res: dict[str, Any]) -> None:
             res["entries"].append({"defense": defense, "dataset": dataset, "overrides": over, "error": _err(exc)})
             continue
         g = groups.setdefault(sig, {"network": f"{getattr(hp, 'backbone', type(model).__name__)}", "dataset": dataset,
-                                    "params_m": n_params(model), "keys": [], "model": (model, target, SPECS[dataset])})
+                                    "params_m": n_params(model), "keys": [], "model": (model, target, spec)})
         if (defense, dataset, over) not in g["keys"]:
             g["keys"].append((defense, dataset, over))
     ctx.save()

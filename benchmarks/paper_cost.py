@@ -56,15 +56,13 @@ def stand_in(name: str) -> Any:
                    zero.expand(n_test, *spec.shape), torch.arange(n_test) % spec.classes)
 
 
-def seconds_per_evaluation(defense: str, dataset: str, overrides: dict[str, Any] | None, device: torch.device,
-                           batch: int, cache: dict[Any, float]) -> float:
-    """Seconds one image's forward or backward pass takes through the defense's ``paper`` network."""
+def paper_network(defense: str, dataset: str, device: torch.device,
+                  overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """The ``paper`` preset's network of ``defense`` on ``dataset``, as the defense builds and
+    wraps it: (model, the model gradient attacks see (its BPDA twin where it has one), spec, hp)."""
     from robustbench_er.data import SPECS
     from robustbench_er.registry import get_defense
 
-    key = (defense, dataset, tuple(sorted((overrides or {}).items())))
-    if key in cache:
-        return cache[key]
     cls = get_defense(defense)
     spec = SPECS[dataset]
     hp = cls.hparams(dataset, "paper", overrides)
@@ -72,6 +70,17 @@ def seconds_per_evaluation(defense: str, dataset: str, overrides: dict[str, Any]
     torch.manual_seed(0)
     model = d.wrap(d.build(spec, hp), spec, hp).to(device).eval()
     target = model.bpda_model() if getattr(model, "bpda_model", None) and cls.bpda else model
+    return model, target, spec, hp
+
+
+def seconds_per_evaluation(defense: str, dataset: str, overrides: dict[str, Any] | None, device: torch.device,
+                           batch: int, cache: dict[Any, float]) -> float:
+    """Seconds one image's forward or backward pass takes through the defense's ``paper`` network."""
+
+    key = (defense, dataset, tuple(sorted((overrides or {}).items())))
+    if key in cache:
+        return cache[key]
+    model, target, spec, _ = paper_network(defense, dataset, device, overrides)
 
     def step(n: int) -> None:
         x = torch.rand((n, *spec.shape), device=device)

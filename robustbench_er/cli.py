@@ -245,7 +245,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
              "eps": args.eps, "l2_unit": args.l2_unit, "samples": args.samples, "split": args.split,
              "split_seed": args.split_seed, "seed": args.seed, "profile": args.profile, "set": args.set,
              "data_dir": args.data_dir, "device": args.device, "out": args.out,
-             "adaptive": not args.no_adaptive}
+             "adaptive": not args.no_adaptive, "batch_size": args.batch_size}
     plan = plan_detection({k: v for k, v in flags.items() if v is not None}, cli=True)
     paths = run_detection_job(plan, _command(), progress=not args.quiet, say=lambda m: _print(m, args.quiet))
     for p in paths.values():
@@ -541,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
                     " rms = L2 / sqrt(pixels), mse = L2^2 / pixels (the C&W bounds of"
                     " Li et al. 2021)")
     sp.add_argument("--no-adaptive", action="store_true", help="skip the adaptive PGD against each detector")
+    sp.add_argument("--batch-size", type=int, default=None, help="points per attack call when crafting (default 128;"
+                    " not part of a result's identity)")
     common(sp, out_default="results/detection")
     sp.set_defaults(func=cmd_detect)
 

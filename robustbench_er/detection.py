@@ -258,6 +258,8 @@ class DetectionSetup:
     split: float = 0.2
     split_seed: int = 0
     seed: int = 0
+    #: points per attack call when crafting (how the work is cut, not part of a cell's identity,
+    #: as a sweep's batch size is not; larger batches run a library attack faster on a CPU)
     batch_size: int = 128
     eot: int = 1
     #: also run adaptive PGD (classifier loss and detector logit together) on set II per detector

@@ -21,7 +21,7 @@ from robustbench_er.errors import UserInputError
 
 DETECT_KEYS = ("dataset", "defenses", "detectors", "train_attacks", "test_attacks", "norm", "eps", "l2_unit",
                "samples", "split", "split_seed", "seed", "profile", "set", "data_dir", "device", "out",
-               "adaptive", "adaptive_steps")
+               "adaptive", "adaptive_steps", "batch_size")
 
 
 @dataclass
@@ -107,9 +107,13 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
         samples = int(raw.get("samples", 500))
         split_seed, seed = int(raw.get("split_seed", 0)), int(raw.get("seed") or 0)
         steps = int(raw.get("adaptive_steps", 40))
+        batch_size = int(raw.get("batch_size") or 128)
     except (TypeError, ValueError):
-        raise UserInputError(f"{at('split')}, {at('samples')}, {at('split_seed')}, {at('seed')} and"
-                             f" {at('adaptive_steps')} must be numbers and {at('eps')} one epsilon.") from None
+        raise UserInputError(f"{at('split')}, {at('samples')}, {at('split_seed')}, {at('seed')},"
+                             f" {at('adaptive_steps')} and {at('batch_size')} must be numbers and {at('eps')}"
+                             " one epsilon.") from None
+    if batch_size < 1:
+        raise UserInputError(f"{at('batch_size')}: must be at least 1; got {batch_size}.")
     if not 0 < split < 1:
         raise UserInputError(f"{at('split')}: must be strictly between 0 and 1; got {raw.get('split')}.")
     if steps < 1:
@@ -128,7 +132,7 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
         raise UserInputError(f"{at('samples')}: must be between 10 and {len(data.y_test)}; got {samples}.")
     setups = [DetectionSetup(detectors, t, tests, norm=norm, eps=eps, samples=samples, split=split,
                              split_seed=split_seed, seed=seed, adaptive=bool(raw.get("adaptive", True)),
-                             adaptive_steps=steps, l2_unit=l2_unit) for t in trains]
+                             adaptive_steps=steps, l2_unit=l2_unit, batch_size=batch_size) for t in trains]
     dim = int(data.x_test[0].numel())
     for key, group in (("train_attacks", trains), ("test_attacks", tests)):  # parameters, norm, bound
         for a in group:

@@ -33,9 +33,10 @@ def test_reference_experiment_plan_lists_every_job(tmp_path, capsys):
     assert all(state == "cached" for _, _, state in trains)  # the committed checkpoints are the ones it asks for
     assert {(d, seed) for d, seed, _ in trains if seed} == {(d, s) for d in ("none", "madry", "afd") for s in "012"}
     # cascade pgd -> autoattack, C&W, Defense-GAN's pgd -> rays, the transfer sweep (pgd and fgsm
-    # transferred, fgsm white-box), and the seeds sweeps (3 seeds x 3 defenses x 2 and x 3 attacks)
-    assert len(cells) == 11 * 2 + 11 + 2 + 11 * 3 + 3 * 3 * 2 + 3 * 3 * 3
-    assert sum("transferred from none" in a for _, a, _, _ in cells) == 2 * (11 + 3 * 3)
+    # transferred, fgsm white-box), the seeds sweep (3 seeds x 3 defenses x 2) and the seeds FGSM
+    # sweep (seeds 1 and 2 x 3 defenses x 2; seed 0 is the transfer sweep's)
+    assert len(cells) == 11 * 2 + 11 + 2 + 11 * 3 + 3 * 3 * 2 + 2 * 3 * 2
+    assert sum("transferred from none" in a for _, a, _, _ in cells) == 2 * 11 + 2 * 3
     assert "Nothing was written." in text
 
 

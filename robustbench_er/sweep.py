@@ -100,8 +100,8 @@ class SweepConfig:
     mode: str = "cascade"
     #: how a fixed-epsilon attack walks the grid: "bisect" (per-sample search) or "ascending"
     search: str = "bisect"
-    #: unit of L2 epsilons: "l2" (plain) or "rms" (L2 / sqrt(number of pixels),
-    #: as in Li et al. 2021 and Li et al. (ICLR submission))
+    #: unit of L2 epsilons: "l2" (plain), "rms" (L2 / sqrt(number of pixels)) or "mse" (L2^2 /
+    #: number of pixels, our reading of the C&W bounds of Li et al. 2021; docs/reproduction.md)
     l2_unit: str = "l2"
     #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
     #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.executor)
@@ -297,6 +297,8 @@ def _attached_models(attack: Attack, prep: Prepared, trained: Mapping[str, Train
 
 MODES = ("cascade", "independent")
 SEARCHES = ("bisect", "ascending")
+
+
 def eps_scale(norm: str, l2_unit: str, dim: int) -> float:
     """The scale of the user's epsilon unit (:func:`robustbench_er.metrics.unit_scale`):
     sqrt(pixels) for L2 in RMS or MSE units; :func:`robustbench_er.metrics.to_norm` converts."""

@@ -70,9 +70,6 @@ def test_no_tracked_file_cites_a_paper_by_folder_label():
                       + "\n".join(hits))
 
 
-@pytest.mark.xfail(reason="results/mnist5k_detection/detection.md was written before "
-                          "robustbench_er/detection.py named the paper; rerun its detect command "
-                          "(results/README.md) to regenerate it", strict=False)
 def test_no_committed_result_file_cites_a_paper_by_folder_label():
     hits = _labels([p for p in _tracked() if _in_results(p)])
     assert not hits, ("regenerate these result files with the current code:\n" + "\n".join(hits))

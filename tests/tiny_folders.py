@@ -33,8 +33,10 @@ def write_mnist(root: Path, per_class: int = 3, seed: int = 0) -> Path:
     return root
 
 
-def write_cifar(root: Path, classes: int = 10, per_class: int = 3, seed: int = 0) -> Path:
-    """CIFAR-10 (``cifar-10-batches-bin``) or CIFAR-100 (``cifar-100-binary``) binary version."""
+def write_cifar(root: Path, classes: int = 10, per_class: int = 3, seed: int = 0,
+                test_images: int | None = None) -> Path:
+    """CIFAR-10 (``cifar-10-batches-bin``) or CIFAR-100 (``cifar-100-binary``) binary version;
+    ``test_images`` test images (labels cycling over the classes; default ``per_class`` a class)."""
     rng = np.random.default_rng(seed)
     if classes == 10:
         folder = root / "cifar-10-batches-bin"
@@ -45,15 +47,15 @@ def write_cifar(root: Path, classes: int = 10, per_class: int = 3, seed: int = 0
         for i, idx in enumerate(parts, 1):
             rows = np.concatenate([y[idx].astype(np.uint8)[:, None], x[idx].reshape(len(idx), -1)], axis=1)
             (folder / f"data_batch_{i}.bin").write_bytes(rows.tobytes())
-        yt = np.arange(10 * per_class) % 10
+        yt = np.arange(test_images or 10 * per_class) % 10
         xt = _images(rng, len(yt), (3, 32, 32), yt)
         rows = np.concatenate([yt.astype(np.uint8)[:, None], xt.reshape(len(yt), -1)], axis=1)
         (folder / "test_batch.bin").write_bytes(rows.tobytes())
         return root
     folder = root / "cifar-100-binary"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("train.bin", "test.bin"):
-        fine = (np.arange(classes * per_class) % classes).astype(np.uint8)
+    for name, n in (("train.bin", classes * per_class), ("test.bin", test_images or classes * per_class)):
+        fine = (np.arange(n) % classes).astype(np.uint8)
         x = _images(rng, len(fine), (3, 32, 32), fine)
         coarse = (fine // 5).astype(np.uint8)
         rows = np.concatenate([coarse[:, None], fine[:, None], x.reshape(len(fine), -1)], axis=1)
@@ -73,8 +75,9 @@ def write_stl10(root: Path, per_class: int = 2, seed: int = 0) -> Path:
     return root
 
 
-def write_tiny_imagenet(root: Path, per_class: int = 1, seed: int = 0) -> Path:
-    """All 200 classes (ids n00000000 ...), ``per_class`` training and one validation JPEG each."""
+def write_tiny_imagenet(root: Path, per_class: int = 1, seed: int = 0, val_classes: int = 200) -> Path:
+    """All 200 classes (ids n00000000 ...), ``per_class`` training JPEGs each and one validation
+    JPEG for each of the first ``val_classes``."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -89,9 +92,10 @@ def write_tiny_imagenet(root: Path, per_class: int = 1, seed: int = 0) -> Path:
         for i in range(per_class):
             arr = _images(rng, 1, (64, 64, 3), np.array([c]))[0]
             Image.fromarray(arr).save(images / f"{wnid}_{i}.JPEG", quality=90)
-        arr = _images(rng, 1, (64, 64, 3), np.array([c]))[0]
-        Image.fromarray(arr).save(folder / "val" / "images" / f"val_{c}.JPEG", quality=90)
-        notes.append(f"val_{c}.JPEG\t{wnid}\t0\t0\t63\t63")
+        if c < val_classes:
+            arr = _images(rng, 1, (64, 64, 3), np.array([c]))[0]
+            Image.fromarray(arr).save(folder / "val" / "images" / f"val_{c}.JPEG", quality=90)
+            notes.append(f"val_{c}.JPEG\t{wnid}\t0\t0\t63\t63")
     (folder / "val" / "val_annotations.txt").write_text("\n".join(notes) + "\n")
     return root
 
@@ -103,8 +107,10 @@ SHRINK = {"epochs": 1, "batch_size": 2, "train_samples": 2, "gan_iters": 1, "gan
 
 WRITERS = {
     "mnist": write_mnist,
-    "cifar10": lambda root: write_cifar(root, 10),
-    "cifar100": lambda root: write_cifar(root, 100, per_class=1),
+    # 100 training images: enough for a detection job's quick networks to learn the tiny classes
+    "cifar10": lambda root: write_cifar(root, 10, per_class=10, test_images=50),
+    # test splits of 20 images: every checkpoint's clean accuracy is measured on the whole split
+    "cifar100": lambda root: write_cifar(root, 100, per_class=1, test_images=20),
     "stl10": write_stl10,
-    "tiny-imagenet": write_tiny_imagenet,
+    "tiny-imagenet": lambda root: write_tiny_imagenet(root, val_classes=20),
 }

@@ -74,7 +74,9 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.analysis import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.analysis import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
@@ -83,9 +85,7 @@ from robustbench_er.analysis import (
     embeddings,
     figure,
 )
-from robustbench_er.defended import device_of
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_analysis
+from robustbench_er.plugins.registry import register_analysis
 
 SPACES = ("input", "embedding")
 ESTIMATORS = ("mackay-ghahramani", "levina-bickel", "hub-toolbox")

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustbench_er.analysis import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.analysis import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
     figure,
 )
-from robustbench_er.defended import device_of
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_analysis
+from robustbench_er.plugins.registry import register_analysis
 
 
 @register_analysis("loss-surface")

@@ -5,7 +5,7 @@ For ``samples`` (200) test points x and their Linf PGD examples x' at each budge
 (``"0:0.3:0.05"``; the paper sweeps the MNIST budgets up to and past 0.3), the ratio
 ``||E(x) - E(x')||_2 / ||E(x)||_2`` of the defended model's embedding E (``embed``: the layer
 before the classifier, as AFD's E). The examples come from the harness's PGD
-(:func:`robustbench_er.analysis.pgd_examples`, ``steps`` 20, random start from ``seed``) on the
+(:func:`robustbench_er.plugins.analysis.pgd_examples`, ``steps`` 20, random start from ``seed``) on the
 classification loss, as the paper's PGD-Linf. Plain torch and numpy.
 
 Rows: per eps the mean, standard deviation and median of the ratio over the points. Summary:
@@ -25,7 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.analysis import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.inputs.config import parse_eps
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.analysis import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
@@ -34,10 +37,7 @@ from robustbench_er.analysis import (
     figure,
     pgd_examples,
 )
-from robustbench_er.config import parse_eps
-from robustbench_er.defended import device_of
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_analysis
+from robustbench_er.plugins.registry import register_analysis
 
 
 @register_analysis("sensitivity")

@@ -35,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.analysis import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.analysis import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
@@ -43,9 +45,7 @@ from robustbench_er.analysis import (
     embeddings,
     figure,
 )
-from robustbench_er.defended import device_of
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_analysis
+from robustbench_er.plugins.registry import register_analysis
 
 
 def sparsity_of(z: np.ndarray, tol: float = 1e-6, variance: float = 0.99) -> dict[str, Any]:

@@ -3,7 +3,7 @@ and 6).
 
 The defended model's embedding (``embed``) of ``samples`` (500) test points and of their
 Linf PGD examples at ``eps`` (0.3, the MNIST budget; ``steps`` 20, the harness's PGD through
-:func:`robustbench_er.analysis.pgd_examples`) is projected to 2-D by t-SNE (van der Maaten &
+:func:`robustbench_er.plugins.analysis.pgd_examples`) is projected to 2-D by t-SNE (van der Maaten &
 Hinton 2008) with scikit-learn's ``TSNE`` (``perplexity`` 30, PCA initialisation, random state
 ``seed``). Points are coloured by their true class; adversarial points are down triangles, and
 those the attack got misclassified carry a black edge (the paper marks misclassified adversarial
@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.analysis import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.analysis import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
@@ -37,9 +39,7 @@ from robustbench_er.analysis import (
     figure,
     pgd_examples,
 )
-from robustbench_er.defended import device_of
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_analysis
+from robustbench_er.plugins.registry import register_analysis
 
 
 def knn_agreement(ref: np.ndarray, ref_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray,

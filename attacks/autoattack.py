@@ -47,7 +47,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustbench_er.attack import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.plugins.attack import (
     AttackParams,
     FixedEpsilonAttack,
     added_field,
@@ -56,9 +57,8 @@ from robustbench_er.attack import (
     eps_groups,
     seeded,
 )
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_attack
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import register_attack
 
 log = logging.getLogger(__name__)
 

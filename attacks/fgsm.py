@@ -2,7 +2,7 @@
 
 Threat model: white-box, one gradient step; Linf (sign step of size eps) and L2 (a step of
 length eps along the normalised gradient, the "fast gradient method"). No random start.
-Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`robustbench_er.pgd.pgd`
+Parameters: ``eot`` for randomized defenses. Ours: it is the one-step case of :func:`robustbench_er.models.pgd.pgd`
 (no random start, relative step 1.0), so it shares PGD's per-sample epsilon.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_er.attack import AttackParams, FixedEpsilonAttack
-from robustbench_er.defense import DefendedModel
-from robustbench_er.pgd import pgd
-from robustbench_er.registry import register_attack
+from robustbench_er.models.pgd import pgd
+from robustbench_er.plugins.attack import AttackParams, FixedEpsilonAttack
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import register_attack
 
 
 @register_attack("fgsm")

@@ -8,7 +8,7 @@ Parameters (paper values for MNIST: eps 0.3, 40 steps, step 0.01 = eps/30, unifo
   ``random_start`` (True), ``loss`` (``ce`` or ``margin``, the CW margin loss), ``eot`` (gradient
   averaged over n passes for randomized defenses).
 
-L1 (not in Madry et al.): sparse L1 steps and the L1-ball projection; see :mod:`robustbench_er.pgd`,
+L1 (not in Madry et al.): sparse L1 steps and the L1-ball projection; see :mod:`robustbench_er.models.pgd`,
 where the routine lives (adversarial training and ``fgsm`` call it too).
 
 Written here rather than taken from Foolbox or torchattacks because the sweep needs what they
@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.attack import AttackParams, FixedEpsilonAttack
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.pgd import pgd
-from robustbench_er.registry import register_attack
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.pgd import pgd
+from robustbench_er.plugins.attack import AttackParams, FixedEpsilonAttack
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import register_attack
 
 
 @dataclass

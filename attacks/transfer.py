@@ -50,12 +50,12 @@ from typing import Any
 
 import torch
 
-from robustbench_er.attack import Attack, AttackParams, FixedEpsilonAttack
-from robustbench_er.config import check_dataclass_values
-from robustbench_er.defended import device_of
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import get_attack, register_attack
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.inputs.config import check_dataclass_values
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.attack import Attack, AttackParams, FixedEpsilonAttack
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import get_attack, register_attack
 
 
 @dataclass

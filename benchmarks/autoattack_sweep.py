@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import pyautoattack
 
-    from robustbench_er.attack import verify
-    from robustbench_er.data import load_dataset
-    from robustbench_er.store import Store
-    from robustbench_er.sweep import (
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.sweep import (
         AttackConfig,
         SweepConfig,
         _seed_for,
@@ -52,7 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         plan_sweep,
         run_cell,
     )
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
+    from robustbench_er.plugins.attack import verify
+    from robustbench_er.store.results import Store
 
     grid = parse_eps(args.eps)
     data = load_dataset(args.dataset)

@@ -296,8 +296,8 @@ class Context:
             if src is None and self.args.smoke:
                 src = ROOT / "results" / "mnist5k_reference"
             if src is not None:
-                from robustbench_er.data import load_dataset
-                from robustbench_er.trained import checkpoint_folder
+                from robustbench_er.data.datasets import load_dataset
+                from robustbench_er.engine.trained import checkpoint_folder
 
                 data = load_dataset(DATASET)
                 found = {d: checkpoint_folder(d, data, profile="quick", seed=0, out=Path(src)) for d in ("none", "madry")}
@@ -318,8 +318,8 @@ class Context:
 
     def checkpoint(self, defense: str) -> Any:
         """The quickstart's trained ``defense`` (reused from part 1, or trained here the same way)."""
-        from robustbench_er.data import load_dataset
-        from robustbench_er.trained import checkpoint_folder, get_or_train
+        from robustbench_er.data.datasets import load_dataset
+        from robustbench_er.engine.trained import checkpoint_folder, get_or_train
 
         raw = self.experiment()
         self.place_reused()
@@ -402,8 +402,8 @@ def sweep_cell(ctx: Context, out: Path, defense: str, folder: Path, attack: str,
                grid: list[float], samples: int, device: torch.device, *, search: str = "bisect",
                batch_size: int = 128) -> tuple[Any, Any]:
     """Plan one cell of ``attack`` on the checkpoint ``folder`` (nothing trained): (cell, store)."""
-    from robustbench_er.store import Store
-    from robustbench_er.sweep import AttackConfig, SweepConfig, plan_sweep
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, plan_sweep
+    from robustbench_er.store.results import Store
 
     cfg = SweepConfig(dataset=DATASET, defenses=[defense], attacks=[AttackConfig(attack, dict(params))], eps=list(grid),
                       norm="Linf", samples=samples, seed=0, out=out, device=str(device), batch_size=batch_size,
@@ -416,7 +416,7 @@ def sweep_cell(ctx: Context, out: Path, defense: str, folder: Path, attack: str,
 
 def run_one_cell(ctx: Context, cell: Any, store: Any, batch_size: int) -> tuple[float, Any, Any]:
     """Run a planned cell: (seconds, summary, outcomes frame)."""
-    from robustbench_er.sweep import run_cell
+    from robustbench_er.engine.sweep import run_cell
 
     seconds, summary = timed(ctx, lambda: run_cell(store, cell, batch_size=batch_size, progress=False))
     return seconds, summary, store.outcomes(cell.cell_id)
@@ -490,8 +490,8 @@ def part_quickstart(ctx: Context, res: dict[str, Any]) -> None:
     import yaml
 
     from robustbench_er.cli import main as cli_main
-    from robustbench_er.store import Store
-    from robustbench_er.sweep import parse_eps
+    from robustbench_er.engine.sweep import parse_eps
+    from robustbench_er.store.results import Store
 
     raw = ctx.experiment()
     if ctx.qs_dir.exists():
@@ -615,7 +615,7 @@ def pgd_throughput(ctx: Context, defense: str, dataset: str, row: dict[str, Any]
     """Images per second of our PGD and of the plain loop on one network, into ``row``."""
     from sweep_efficiency import plain_pgd as untyped_plain_pgd
 
-    from robustbench_er.registry import get_attack
+    from robustbench_er.plugins.registry import get_attack
 
     plain_pgd: Callable[..., torch.Tensor] = untyped_plain_pgd
     s = ctx.sizes
@@ -672,7 +672,7 @@ def part_pgd_throughput(ctx: Context, res: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- part 3
 
 def part_autoattack_cell(ctx: Context, res: dict[str, Any]) -> None:
-    from robustbench_er.attack import verify
+    from robustbench_er.plugins.attack import verify
 
     s = ctx.sizes
     eps = 0.3
@@ -721,8 +721,8 @@ def part_autoattack_cell(ctx: Context, res: dict[str, Any]) -> None:
 def part_autoattack_sweep(ctx: Context, res: dict[str, Any]) -> None:
     """The measurement of benchmarks/autoattack_sweep.py (bisection vs K independent runs, the
     same seeds from the cell id, the same verification), on the device."""
-    from robustbench_er.attack import verify
-    from robustbench_er.sweep import _seed_for, parse_eps
+    from robustbench_er.engine.sweep import _seed_for, parse_eps
+    from robustbench_er.plugins.attack import verify
 
     s = ctx.sizes
     grid = parse_eps("0:0.4:0.05")
@@ -854,7 +854,7 @@ def part_evaluations(ctx: Context, res: dict[str, Any]) -> None:
     groups: dict[str, dict[str, Any]] = {}
     from paper_cost import paper_network
 
-    from robustbench_er.registry import get_defense
+    from robustbench_er.plugins.registry import get_defense
 
     for defense, dataset, over in keys:
         try:

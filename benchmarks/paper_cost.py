@@ -47,7 +47,7 @@ SIZES = {"mnist": (60000, 10000), "cifar10": (50000, 10000), "cifar100": (50000,
 def stand_in(name: str) -> Any:
     """A Dataset with the real split sizes of ``name``: zero images (one stored, expanded) and
     labels cycling over the classes."""
-    from robustbench_er.data import SPECS, Dataset
+    from robustbench_er.data.datasets import SPECS, Dataset
 
     spec = SPECS[name]
     n_train, n_test = SIZES[name]
@@ -60,8 +60,8 @@ def paper_network(defense: str, dataset: str, device: torch.device,
                   overrides: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
     """The ``paper`` preset's network of ``defense`` on ``dataset``, as the defense builds and
     wraps it: (model, the model gradient attacks see (its BPDA twin where it has one), spec, hp)."""
-    from robustbench_er.data import SPECS
-    from robustbench_er.registry import get_defense
+    from robustbench_er.data.datasets import SPECS
+    from robustbench_er.plugins.registry import get_defense
 
     cls = get_defense(defense)
     spec = SPECS[dataset]
@@ -107,7 +107,7 @@ def seconds_per_evaluation(defense: str, dataset: str, overrides: dict[str, Any]
 
 
 def training_evaluations(defense: str, dataset: str, overrides: dict[str, Any] | None) -> int:
-    from robustbench_er.registry import get_defense
+    from robustbench_er.plugins.registry import get_defense
 
     cls = get_defense(defense)
     if not cls.trainable:
@@ -118,11 +118,11 @@ def training_evaluations(defense: str, dataset: str, overrides: dict[str, Any] |
 
 
 def cost(path: Path, device: torch.device, batch: int, cache: dict[Any, float]) -> dict[str, Any]:
-    import robustbench_er.data as data_module
-    import robustbench_er.sweep as sweep_module
-    from robustbench_er.config import parse_experiment
-    from robustbench_er.dryrun import plan_rows
-    from robustbench_er.registry import defense_label
+    import robustbench_er.data.datasets as data_module
+    import robustbench_er.engine.sweep as sweep_module
+    from robustbench_er.inputs.config import parse_experiment
+    from robustbench_er.jobs.dryrun import plan_rows
+    from robustbench_er.plugins.registry import defense_label
 
     raw = yaml.safe_load(path.read_text())
     fake = stand_in(raw["dataset"])

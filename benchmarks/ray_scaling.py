@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import ray
 
-    from robustbench_er.data import load_dataset
-    from robustbench_er.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
+    from robustbench_er.engine.trained import get_or_train
 
     data = load_dataset(args.dataset)
     get_or_train(args.defense, data, out=args.checkpoints, progress=False, measure=False)  # trained once

@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/quickstart", help="where checkpoints are reused from or written to")
     args = ap.parse_args()
 
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     data = load_dataset(args.dataset)
     results = [run_one(args, data, defense.strip()) for defense in args.defense.split(",")]
@@ -67,8 +67,8 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
 
     import foolbox as fb
 
-    from robustbench_er.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
+    from robustbench_er.engine.trained import get_or_train
 
     torch.manual_seed(0)
     trained = get_or_train(defense, data, out=Path(args.out), progress=False)
@@ -118,7 +118,7 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
               f" weaker than foolbox by at most {gap:.2f} points")
 
     # ---- throughput: our PGD vs a plain loop, same batch, same steps, no early stop
-    from robustbench_er.pgd import pgd
+    from robustbench_er.models.pgd import pgd
 
     xb, yb = x[: args.batch_size], y[: args.batch_size]
     eps, alpha = 0.3, 0.3 * 2.5 / args.steps

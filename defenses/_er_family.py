@@ -14,9 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses._er_nets import ENCODERS, ERNet, build_er_net, check_prior, sample_prior
-from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.data.datasets import Dataset, DatasetSpec
+from robustbench_er.defenses._er_nets import (
+    ENCODERS,
+    ERNet,
+    build_er_net,
+    check_prior,
+    sample_prior,
+)
+from robustbench_er.models.training import adversarial_batch
+from robustbench_er.plugins.defense import (
     AdversarialHParams,
     DefendedModel,
     Defense,
@@ -24,8 +32,6 @@ from robustbench_er.defense import (
     fit,
     make_optimizer,
 )
-from robustbench_er.errors import UserInputError
-from robustbench_er.training import adversarial_batch
 
 log = logging.getLogger(__name__)
 

@@ -61,9 +61,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses._gan_nets import Critic, Generator, gan_step_losses, gradient_penalty
-from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.data.datasets import Dataset, DatasetSpec
+from robustbench_er.defenses._gan_nets import Critic, Generator, gan_step_losses, gradient_penalty
+from robustbench_er.models.training import build_from_backbone
+from robustbench_er.plugins.defense import (
     DefendedModel,
     Defense,
     HParams,
@@ -72,9 +74,7 @@ from robustbench_er.defense import (
     make_optimizer,
     training_batches,
 )
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_defense
-from robustbench_er.training import build_from_backbone
+from robustbench_er.plugins.registry import register_defense
 
 GAN_LOSSES = ("wgan-gp", "dcgan")
 

@@ -7,8 +7,8 @@ TRADES: Zhang et al., ICML 2019, arXiv:1901.08573. Reference code: liyao880/ER-C
 Threat model: white-box Linf.
 
 Per batch: x' = TRADES inner maximisation of KL(f(x) || f(x')) in the eps-ball
-(:func:`robustbench_er.training.trades_adversarial`); (1) critic step on the codes Q(x');
-(2) Q and C descend ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` (:func:`robustbench_er.training.trades_loss`);
+(:func:`robustbench_er.models.training.trades_adversarial`); (1) critic step on the codes Q(x');
+(2) Q and C descend ``CE(f(x), y) + beta * KL(f(x) || f(x'))`` (:func:`robustbench_er.models.training.trades_loss`);
 (3) Q ascends ``lambda1 * mean D(Q(x'))``. Everything else (architectures, priors, Adam rates,
 lambda, lambda1, clipping, eps and steps per dataset, ``quick`` presets) is ER-Classifier's
 (:mod:`defenses.er_classifier`). ``beta``: the papers give no value for ER-Trades; we use the
@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from defenses._er_family import ERFamily, ERHParams, er_presets
-from defenses._er_nets import ERNet
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_defense
-from robustbench_er.training import trades_adversarial, trades_loss
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.defenses._er_family import ERFamily, ERHParams, er_presets
+from robustbench_er.defenses._er_nets import ERNet
+from robustbench_er.models.training import trades_adversarial, trades_loss
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

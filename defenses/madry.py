@@ -55,10 +55,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import AdversarialHParams, DefendedModel, Defense, fit, make_optimizer
-from robustbench_er.registry import register_defense
-from robustbench_er.training import adversarial_batch, build_from_backbone
+from robustbench_er.data.datasets import Dataset, DatasetSpec
+from robustbench_er.models.training import adversarial_batch, build_from_backbone
+from robustbench_er.plugins.defense import (
+    AdversarialHParams,
+    DefendedModel,
+    Defense,
+    fit,
+    make_optimizer,
+)
+from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

@@ -27,10 +27,10 @@ from typing import Any
 
 from torch import nn
 
-from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import DefendedModel, Defense, HParams
-from robustbench_er.registry import register_defense
-from robustbench_er.training import build_from_backbone, train_clean
+from robustbench_er.data.datasets import Dataset, DatasetSpec
+from robustbench_er.models.training import build_from_backbone, train_clean
+from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
+from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

@@ -52,8 +52,8 @@ Differences from the reference code and why:
 * The KL term uses ``reduction="batchmean"`` (the reference sums and divides by the batch size:
   the same value).
 
-The inner maximisation and the loss (shared with ER-Trades) are in :mod:`robustbench_er.training`:
-:func:`~robustbench_er.training.trades_adversarial`, :func:`~robustbench_er.training.trades_loss`.
+The inner maximisation and the loss (shared with ER-Trades) are in :mod:`robustbench_er.models.training`:
+:func:`~robustbench_er.models.training.trades_adversarial`, :func:`~robustbench_er.models.training.trades_loss`.
 """
 
 from __future__ import annotations
@@ -65,17 +65,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.data import Dataset, DatasetSpec
-from robustbench_er.defense import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.data.datasets import Dataset, DatasetSpec
+from robustbench_er.models.training import build_from_backbone, trades_adversarial, trades_loss
+from robustbench_er.plugins.defense import (
     AdversarialHParams,
     DefendedModel,
     Defense,
     fit,
     make_optimizer,
 )
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import register_defense
-from robustbench_er.training import build_from_backbone, trades_adversarial, trades_loss
+from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

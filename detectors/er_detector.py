@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_er.defended import DefendedModel
-from robustbench_er.detection import Detector, batched, torch_kde_logdensity
-from robustbench_er.registry import register_detector
+from robustbench_er.engine.detection import Detector, batched, torch_kde_logdensity
+from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.registry import register_detector
 
 
 class _ERDetector(Detector):

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from robustbench_er import _compat
+
+_compat.install()  # robustbench_er.<module> of 0.1's flat core still imports, with a warning
+
 __version__ = "0.1.0"
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 

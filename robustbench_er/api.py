@@ -1,7 +1,7 @@
 """The public Python API: :func:`benchmark` and :func:`load_defense`.
 
 ``benchmark`` evaluates any ``torch.nn.Module`` that maps images in [0, 1] to logits (or a
-:class:`~robustbench_er.defended.DefendedModel`) with the same sweep as the CLI: the model is
+:class:`~robustbench_er.models.defended.DefendedModel`) with the same sweep as the CLI: the model is
 saved as a harness checkpoint (safetensors + JSON) under ``out``, entered as a one-off defense,
 and swept through the typed experiment schema, so the cascade, the per-sample search, the
 store, the leases, the checks and the reports are exactly the CLI's. Its results are keyed on a
@@ -22,9 +22,9 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from robustbench_er.defended import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.imported import given_model, registered, save_given
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.jobs.imported import given_model, registered, save_given
+from robustbench_er.models.defended import DefendedModel
 
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 
@@ -78,19 +78,19 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
     ``output="probs"``; with ``normalize=(mean, std)`` it expects normalised images and the
     harness normalises inside. ``randomized=True`` declares a stochastic forward (EOT gradients,
     majority votes over ``eot`` passes); ``differentiable=False`` keeps gradient attacks off it.
-    A :class:`~robustbench_er.defended.DefendedModel` is taken with its own declarations.
+    A :class:`~robustbench_er.models.defended.DefendedModel` is taken with its own declarations.
 
     ``attacks`` is a string as on the command line (``"pgd,autoattack"``,
     ``"pgd(steps=100)"``) or a list of names and mappings ``{name, params, eps, samples, label}``;
     ``eps`` a grid (``"0:0.3:0.05"``, a list, or one number). Every input is checked before any
-    work; a bad one raises :class:`~robustbench_er.errors.UserInputError` with one sentence.
+    work; a bad one raises :class:`~robustbench_er.core.errors.UserInputError` with one sentence.
 
     With ``out=None`` the store lives in a temporary folder that is removed afterwards; with a
     folder, everything is written there as the CLI writes it, and a rerun resumes.
     """
-    from robustbench_er.config import parse_experiment
-    from robustbench_er.data import load_dataset
-    from robustbench_er.sweep import run_sweep
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.sweep import run_sweep
+    from robustbench_er.inputs.config import parse_experiment
 
     if not isinstance(model, nn.Module):
         raise UserInputError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
@@ -159,16 +159,16 @@ def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: st
                  out: str | Path = "results", seed: int = 0, overrides: dict[str, Any] | None = None,
                  device: str = "auto", data_dir: str | Path | None = None,
                  progress: bool = False) -> DefendedModel:
-    """A registered defense as a :class:`~robustbench_er.defended.DefendedModel`, in eval mode.
+    """A registered defense as a :class:`~robustbench_er.models.defended.DefendedModel`, in eval mode.
 
     With ``checkpoint`` (a folder with ``model.safetensors`` and ``meta.json``) it is loaded as
     is; otherwise the checkpoint of (``name``, ``dataset``, ``profile``, ``overrides``, ``seed``)
     under ``out/checkpoints`` is reused, or trained there first.
     """
-    from robustbench_er.data import load_dataset
-    from robustbench_er.device import resolve_device
-    from robustbench_er.registry import get_defense
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.core.device import resolve_device
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.trained import get_or_train
+    from robustbench_er.plugins.registry import get_defense
 
     cls = get_defense(name)
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from robustbench_er.errors import UserInputError
+from robustbench_er.core.errors import UserInputError
 
 QUICKSTART: dict[str, Any] = {
     "dataset": "mnist5k",
@@ -35,7 +35,7 @@ def _print(msg: str = "", quiet: bool = False) -> None:
 
 
 def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
-    from robustbench_er.registry import load_plugin_file
+    from robustbench_er.plugins.registry import load_plugin_file
 
     for p in paths or []:
         names = load_plugin_file(p)
@@ -44,8 +44,8 @@ def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
 
 def parse_attack(text: str) -> Any:
     """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
-    from robustbench_er.config import parse_attack_text
-    from robustbench_er.sweep import AttackConfig
+    from robustbench_er.engine.sweep import AttackConfig
+    from robustbench_er.inputs.config import parse_attack_text
 
     try:
         d = parse_attack_text(text)
@@ -57,7 +57,7 @@ def parse_attack(text: str) -> Any:
 def experiment_configs(raw: dict[str, Any], *, out: str | None, device: str | None, quiet: bool,
                        source: str = "the experiment") -> list[Any]:
     """Parse a whole experiment (every sweep), load its plugins, check everything; no work done."""
-    from robustbench_er.config import parse_experiment
+    from robustbench_er.inputs.config import parse_experiment
 
     exp = parse_experiment(raw, out=out, device=device, source=source)
     _load_plugins(exp.plugins, quiet)
@@ -65,8 +65,8 @@ def experiment_configs(raw: dict[str, Any], *, out: str | None, device: str | No
 
 
 def _run_config(cfg: Any, command: str, quiet: bool) -> int:
-    from robustbench_er.metrics import pretty_eps
-    from robustbench_er.sweep import run_sweep
+    from robustbench_er.core.metrics import pretty_eps
+    from robustbench_er.engine.sweep import run_sweep
 
     def on_train(name: str, trained: Any) -> None:
         how = "reused" if trained.reused else f"trained in {trained.meta.get('train_seconds') or 0:.0f}s"
@@ -94,7 +94,7 @@ def _run_config(cfg: Any, command: str, quiet: bool) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from robustbench_er.registry import (
+    from robustbench_er.plugins.registry import (
         ANALYSES,
         ATTACKS,
         DEFENSES,
@@ -133,10 +133,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import TypeAdapter, ValidationError
 
-    from robustbench_er.config import check_device, check_output_folder, parse_sets
-    from robustbench_er.data import load_dataset
-    from robustbench_er.device import resolve_device
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.core.device import resolve_device
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.trained import get_or_train
+    from robustbench_er.inputs.config import check_device, check_output_folder, parse_sets
 
     try:
         seed = TypeAdapter(int).validate_python(args.seed or 0)
@@ -157,7 +157,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The ``sweep`` command's flags as the keys of an experiment (None = not given)."""
-    from robustbench_er.config import parse_sets, split_top_level
+    from robustbench_er.inputs.config import parse_sets, split_top_level
 
     sets = parse_sets(args.set)
     defenses: Any = args.defense
@@ -182,8 +182,8 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import contextlib
 
-    from robustbench_er.config import sweep_config_from_flags
-    from robustbench_er.imported import registered_checkpoint
+    from robustbench_er.inputs.config import sweep_config_from_flags
+    from robustbench_er.jobs.imported import registered_checkpoint
 
     with contextlib.ExitStack() as stack:
         if args.checkpoint:
@@ -200,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         zoo_names = _enter_zoo(stack, args)
         cfg = sweep_config_from_flags(flags, progress=not args.quiet)  # every input checked first
         if zoo_names:
-            from robustbench_er import zoo
+            from robustbench_er.jobs import zoo
 
             flags["checkpoints"] = dict(flags.get("checkpoints") or {})
             for z in zoo_names:
@@ -215,12 +215,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
     """Enter every ``robustbench:<ModelName>`` of ``--defense`` as a one-off defense (its
     architecture only; the weights are read once the whole sweep is checked)."""
-    from robustbench_er import zoo
-    from robustbench_er.attack import canonical_norm
-    from robustbench_er.config import split_top_level
-    from robustbench_er.data import SPECS
-    from robustbench_er.imported import given_defense, registered
-    from robustbench_er.registry import normalize
+    from robustbench_er.data.datasets import SPECS
+    from robustbench_er.inputs.config import split_top_level
+    from robustbench_er.jobs import zoo
+    from robustbench_er.jobs.imported import given_defense, registered
+    from robustbench_er.plugins.attack import canonical_norm
+    from robustbench_er.plugins.registry import normalize
 
     names = [d for d in split_top_level(args.defense or "") if zoo.is_zoo(d)]
     for z in names:
@@ -238,7 +238,7 @@ def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
 def cmd_detect(args: argparse.Namespace) -> int:
     """The detection protocol of Li et al. 2021: every input checked first, then train or load,
     craft, detect."""
-    from robustbench_er.detection_job import plan_detection, run_detection_job
+    from robustbench_er.jobs.detect import plan_detection, run_detection_job
 
     flags = {"dataset": args.dataset, "defenses": args.defense, "detectors": args.detector,
              "train_attacks": args.train_attack, "test_attacks": args.test_attack, "norm": args.norm,
@@ -255,7 +255,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyses of a dataset and of defended models: every input checked first, then run."""
-    from robustbench_er.analysis_job import plan_analysis, run_analysis_job
+    from robustbench_er.jobs.analyze import plan_analysis, run_analysis_job
 
     flags = {"dataset": args.dataset, "defenses": args.defense, "analyses": args.analysis, "seed": args.seed,
              "profile": args.profile, "set": args.set, "data_dir": args.data_dir, "device": args.device,
@@ -267,7 +267,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _dry_run(configs: Sequence[Any], detections: Sequence[Any] = (), analyses: Sequence[Any] = ()) -> int:
-    from robustbench_er.dryrun import analysis_rows, detection_rows, plan_rows, render
+    from robustbench_er.jobs.dryrun import analysis_rows, detection_rows, plan_rows, render
 
     frames = [detection_rows(p) for p in detections] + [analysis_rows(a) for a in analyses]
     names = [f"detect: {p.data.spec.name}, {', '.join(p.defenses)} x {', '.join(p.setups[0].detectors)},"
@@ -290,7 +290,7 @@ def _floats(text: str, flag: str) -> list[float]:
 
 
 def cmd_import_model(args: argparse.Namespace) -> int:
-    from robustbench_er.imported import import_model
+    from robustbench_er.jobs.imported import import_model
 
     mean: list[float] = []
     std: list[float] = []
@@ -316,9 +316,9 @@ def _command() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from robustbench_er.analysis_job import plan_analysis, run_analysis_job
-    from robustbench_er.config import parse_experiment, read_experiment
-    from robustbench_er.detection_job import plan_detection, run_detection_job
+    from robustbench_er.inputs.config import parse_experiment, read_experiment
+    from robustbench_er.jobs.analyze import plan_analysis, run_analysis_job
+    from robustbench_er.jobs.detect import plan_detection, run_detection_job
 
     raw = read_experiment(args.experiment)
     source = f"Experiment file {args.experiment!r}"
@@ -344,8 +344,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> None:
-    from robustbench_er.data import SPECS
-    from robustbench_er.study import study_variants, write_study
+    from robustbench_er.data.datasets import SPECS
+    from robustbench_er.report.study import study_variants, write_study
 
     variants = set(study_variants(study))
     for cfg in configs:
@@ -357,8 +357,8 @@ def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from robustbench_er.report import write_reports
-    from robustbench_er.store import Store
+    from robustbench_er.report.tables import write_reports
+    from robustbench_er.store.results import Store
 
     out = Path(args.out)
     if not (out / Store.FILENAME).is_file():
@@ -376,7 +376,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _floats_or_none(text: str | None) -> list[float] | None:
-    from robustbench_er.config import parse_eps
+    from robustbench_er.inputs.config import parse_eps
 
     if not text:
         return None
@@ -388,8 +388,8 @@ def _floats_or_none(text: str | None) -> list[float] | None:
 
 def _headline_arg(text: str | None) -> Any:
     """``0.3`` (every norm) or ``Linf=0.3,L2=2`` (per norm) -> what write_reports takes."""
-    from robustbench_er.attack import canonical_norm
-    from robustbench_er.config import parse_number
+    from robustbench_er.inputs.config import parse_number
+    from robustbench_er.plugins.attack import canonical_norm
 
     if not text:
         return None
@@ -434,8 +434,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from robustbench_er.config import DEVICE_HELP, MODES, SEARCHES, SweepSpec
-    from robustbench_er.metrics import L2_UNITS
+    from robustbench_er.core.metrics import L2_UNITS
+    from robustbench_er.inputs.config import DEVICE_HELP, MODES, SEARCHES, SweepSpec
 
     default = {k: f.default for k, f in SweepSpec.model_fields.items()}
     p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_list)
 
-    # flags default to None ("not given"); the defaults live in robustbench_er.config.SweepSpec
+    # flags default to None ("not given"); the defaults live in robustbench_er.inputs.config.SweepSpec
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", required=True)
         sp.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST, CIFAR, ...)")

@@ -13,7 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 @pytest.fixture(scope="session")
 def digits():
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     return load_dataset("digits")
 
@@ -26,7 +26,7 @@ def ckpt_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def none_digits(digits, ckpt_root):
     """An undefended TinyCNN on digits (quick preset, ~95% clean accuracy)."""
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
 
     torch.manual_seed(0)
     return get_or_train("none", digits, profile="quick", seed=0, out=ckpt_root, progress=False)
@@ -34,6 +34,6 @@ def none_digits(digits, ckpt_root):
 
 @pytest.fixture(scope="session")
 def madry_digits(digits, ckpt_root):
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
 
     return get_or_train("madry", digits, profile="quick", seed=0, out=ckpt_root, progress=False)

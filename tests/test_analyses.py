@@ -13,17 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-import analyses.gradient_landscape
-import analyses.intrinsic_dim
-import analyses.loss_surface
-import analyses.sensitivity
-import analyses.sparsity
-import analyses.tsne  # noqa: F401  (the imports register the plugins)
-from analyses.intrinsic_dim import hub_distances, intrinsic_dimension, knn_distances, mle_per_k
-from analyses.sparsity import sparsity_of
-from robustbench_er.analysis import AnalysisContext, AnalysisResult
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import get_analysis, list_analyses
+import robustbench_er.analyses.gradient_landscape
+import robustbench_er.analyses.intrinsic_dim
+import robustbench_er.analyses.loss_surface
+import robustbench_er.analyses.sensitivity
+import robustbench_er.analyses.sparsity
+import robustbench_er.analyses.tsne  # noqa: F401  (the imports register the plugins)
+from robustbench_er.analyses.intrinsic_dim import (
+    hub_distances,
+    intrinsic_dimension,
+    knn_distances,
+    mle_per_k,
+)
+from robustbench_er.analyses.sparsity import sparsity_of
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.plugins.analysis import AnalysisContext, AnalysisResult
+from robustbench_er.plugins.registry import get_analysis, list_analyses
 
 OURS = {"intrinsic-dim", "tsne", "loss-surface", "sensitivity", "sparsity", "gradient-landscape"}
 

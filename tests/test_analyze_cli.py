@@ -11,9 +11,9 @@ from robustbench_er.cli import main
 
 PLAIN = (
     "from torch import nn\n"
-    "from robustbench_er.defense import Defense\n"
-    "from robustbench_er.registry import register_defense\n"
-    "from robustbench_er.training import train_clean\n"
+    "from robustbench_er.plugins.defense import Defense\n"
+    "from robustbench_er.plugins.registry import register_defense\n"
+    "from robustbench_er.models.training import train_clean\n"
     "@register_defense('net-without-embedding-a')\n"
     "class Plain(Defense):\n"
     "    presets = {'digits': {'quick': {}, 'paper': {}}}\n"
@@ -44,7 +44,7 @@ def test_bad_analyze_input(args, says, tmp_path, capsys):
 
 
 def test_analyses_are_stored_and_read_back(tmp_path, monkeypatch):
-    from robustbench_er.registry import get_analysis
+    from robustbench_er.plugins.registry import get_analysis
 
     out = tmp_path / "o"
     job = {"dataset": "digits", "defenses": ["none"], "set": ["epochs=2"], "out": str(out),

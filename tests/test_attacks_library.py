@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_er.attack import LibraryModel, draw_seed, verify
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import get_attack, list_attacks
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.plugins.attack import LibraryModel, draw_seed, verify
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import get_attack, list_attacks
 
 N = 64
 BIG_EPS = {"Linf": 0.3, "L2": 2.0, "L1": 8.0}
@@ -175,7 +175,7 @@ def test_per_sample_eps_groups(batch) -> None:
 
 
 def test_l1_projection_matches_bisection() -> None:
-    from robustbench_er.pgd import project_l1
+    from robustbench_er.models.pgd import project_l1
 
     gen = torch.Generator().manual_seed(0)
     d = torch.randn(40, 30, generator=gen) * 2

@@ -10,10 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustbench_er.errors import UserInputError
-from robustbench_er.metrics import curve
-from robustbench_er.store import Store
-from robustbench_er.sweep import AttackConfig, SweepConfig, _Interrupt, bisect_state, run_sweep
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.metrics import curve
+from robustbench_er.engine.sweep import (
+    AttackConfig,
+    SweepConfig,
+    _Interrupt,
+    bisect_state,
+    run_sweep,
+)
+from robustbench_er.store.results import Store
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
 
@@ -87,7 +93,7 @@ def test_headline_on_the_points_a_stronger_subset_attack_ran_on(tmp_path):
     hl = 0.1
     store = Store(out)
     try:
-        from robustbench_er.report import build_tables
+        from robustbench_er.report.tables import build_tables
 
         t = build_tables(store, headline=hl)
     finally:

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_er import registry
-from robustbench_er.checkpoints import load_checkpoint, load_weights
-from robustbench_er.defense import DefendedModel, Defense, HParams, check_model_output
-from robustbench_er.errors import UserInputError
-from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
-from robustbench_er.trained import build_model, get_or_train
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.trained import build_model, get_or_train
+from robustbench_er.models.checkpoints import load_checkpoint, load_weights
+from robustbench_er.plugins import registry
+from robustbench_er.plugins.defense import DefendedModel, Defense, HParams, check_model_output
 
 
 def test_reload_is_bit_identical(none_digits, digits):
@@ -57,7 +57,7 @@ def test_pickle_is_never_read(tmp_path):
 
 
 def test_checkpoint_for_another_dataset_is_refused(none_digits, tmp_path):
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     with pytest.raises(UserInputError):
         get_or_train("none", load_dataset("mnist5k"), out=tmp_path, checkpoint_dir=none_digits.folder, progress=False)

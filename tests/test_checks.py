@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er import checks
-from robustbench_er.attack import Attack, AttackParams
-from robustbench_er.defense import DefendedModel, Defense, HParams
-from robustbench_er.pgd import pgd
-from robustbench_er.registry import ATTACKS, DEFENSES, register_attack, register_defense
-from robustbench_er.store import Store
-from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine import checks
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.models.pgd import pgd
+from robustbench_er.plugins.attack import Attack, AttackParams
+from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
+from robustbench_er.plugins.registry import ATTACKS, DEFENSES, register_attack, register_defense
+from robustbench_er.store.results import Store
 
 GRID = [0.0, 0.1, 0.3, 0.6]
 
@@ -364,7 +364,7 @@ def test_attack_warnings_survive_a_rerun_with_more_work_and_a_report(test_plugin
     """The warning an attack gave while computing a cell is stored with the cell: a rerun (which
     finds the cell cached and recomputes the checks), a rerun with more work added, and
     ``report`` all show the same flag with the same detail."""
-    from robustbench_er.report import write_reports
+    from robustbench_er.report.tables import write_reports
 
     def cfg(attacks):
         return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2], samples=32, out=tmp_path,

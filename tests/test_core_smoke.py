@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_er.attack import perturbation_norm, verify
-from robustbench_er.pgd import pgd
+from robustbench_er.models.pgd import pgd
+from robustbench_er.plugins.attack import perturbation_norm, verify
 
 
 def test_none_learns_digits(none_digits):

@@ -1,4 +1,4 @@
-"""Tests for robustbench_er.data_folders: tiny files in each real on-disk format."""
+"""Tests for robustbench_er.data.folders: tiny files in each real on-disk format."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from robustbench_er import data_folders
-from robustbench_er.data_folders import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.data import folders as data_folders
+from robustbench_er.data.folders import (
     load_cifar10,
     load_cifar100,
     load_mnist,
     load_stl10,
     load_tiny_imagenet,
 )
-from robustbench_er.errors import UserInputError
 
 
 def _check_splits(splits, n_train: int, n_test: int, shape: tuple[int, int, int]) -> None:

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import get_defense
-from robustbench_er.trained import get_or_train
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.plugins.registry import get_defense
 
 ER_NAMES = ["er-classifier", "er-classifier-", "er-trades", "e-cla", "vae-cla"]
 AFD_NAMES = ["afd", "afd-matching"]
@@ -41,7 +41,7 @@ def test_trained_model_embeds_and_training_moved_the_weights(name, digits, tmp_p
 
 @pytest.mark.parametrize("name", ["er-classifier", "er-trades"])
 def test_critic_weights_clipped_after_every_step(name, digits, monkeypatch):
-    from defenses._er_nets import CodeDiscriminator
+    from robustbench_er.defenses._er_nets import CodeDiscriminator
 
     before, after = [], []
     original = CodeDiscriminator.clip_
@@ -64,20 +64,20 @@ def test_critic_weights_clipped_after_every_step(name, digits, monkeypatch):
 
 
 def _forbid_attacks(monkeypatch):
-    import defenses._er_family
-    import defenses.er_trades
-    import robustbench_er.pgd
-    import robustbench_er.training
+    import robustbench_er.defenses._er_family
+    import robustbench_er.defenses.er_trades
+    import robustbench_er.models.pgd
+    import robustbench_er.models.training
 
     def boom(*args, **kwargs):
         raise AttackCalled("an attack was called")
 
-    monkeypatch.setattr(robustbench_er.pgd, "pgd", boom)
-    monkeypatch.setattr(robustbench_er.training, "pgd", boom)
-    monkeypatch.setattr(robustbench_er.training, "adversarial_batch", boom)
-    monkeypatch.setattr(defenses._er_family, "adversarial_batch", boom)
-    monkeypatch.setattr(robustbench_er.training, "trades_adversarial", boom)
-    monkeypatch.setattr(defenses.er_trades, "trades_adversarial", boom)
+    monkeypatch.setattr(robustbench_er.models.pgd, "pgd", boom)
+    monkeypatch.setattr(robustbench_er.models.training, "pgd", boom)
+    monkeypatch.setattr(robustbench_er.models.training, "adversarial_batch", boom)
+    monkeypatch.setattr(robustbench_er.defenses._er_family, "adversarial_batch", boom)
+    monkeypatch.setattr(robustbench_er.models.training, "trades_adversarial", boom)
+    monkeypatch.setattr(robustbench_er.defenses.er_trades, "trades_adversarial", boom)
 
 
 def _train_fresh(name, digits, overrides):
@@ -136,7 +136,7 @@ def test_afd_trains_its_adversarial_decoder(digits):
 
 
 def test_prior_supports():
-    from defenses._er_nets import sample_prior
+    from robustbench_er.defenses._er_nets import sample_prior
 
     g = torch.Generator().manual_seed(0)
     n, k = 20000, 3
@@ -164,7 +164,7 @@ def test_prior_supports():
 
 
 def test_unknown_prior_and_bad_embed_dim_raise():
-    from defenses._er_nets import build_er_net, sample_prior
+    from robustbench_er.defenses._er_nets import build_er_net, sample_prior
 
     cls = get_defense("er-classifier")
     with pytest.raises(UserInputError, match="gaussian, uniform, cauchy"):

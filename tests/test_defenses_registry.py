@@ -9,9 +9,9 @@ import dataclasses
 import pytest
 import torch
 
-from robustbench_er import registry
-from robustbench_er.checkpoints import _weights_hash, read_meta
-from robustbench_er.trained import get_or_train
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.models.checkpoints import _weights_hash, read_meta
+from robustbench_er.plugins import registry
 
 #: one epoch on 128 images; shorter inner loops where a defense has them (a second or two each)
 TINY = dict(epochs=1, train_samples=128, warmup_epochs=0, ramp_epochs=0, attack_steps=2,

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robustbench_er.errors import UserInputError
-from robustbench_er.trained import get_or_train
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.engine.trained import get_or_train
 
 TINY = {"epochs": 1, "train_samples": 256}
 
@@ -47,7 +47,7 @@ def test_trades_loss_is_ce_at_beta_zero_and_grows_with_beta() -> None:
     clean = torch.randn(16, 10, generator=g)
     adv = clean + torch.randn(16, 10, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
-    from robustbench_er.training import trades_loss
+    from robustbench_er.models.training import trades_loss
 
     ce = F.cross_entropy(clean, y)
     assert torch.allclose(trades_loss(clean, adv, y, 0.0), ce)
@@ -57,7 +57,7 @@ def test_trades_loss_is_ce_at_beta_zero_and_grows_with_beta() -> None:
 
 
 def test_trades_adversarial_stays_in_ball_and_restores_mode(trades_pair, digits) -> None:
-    from robustbench_er.training import trades_adversarial
+    from robustbench_er.models.training import trades_adversarial
 
     model = trades_pair[0].model
     x = digits.x_test[:32]
@@ -88,7 +88,7 @@ def test_trades_trains_saves_and_reloads(trades_pair, digits) -> None:
 
 
 def test_trades_rejects_bad_hparams() -> None:
-    from defenses.trades import Trades
+    from robustbench_er.defenses.trades import Trades
 
     with pytest.raises(UserInputError):
         Trades.hparams("digits", "quick", {"beta": -1.0})
@@ -110,7 +110,7 @@ def test_rse_trains_saves_and_reloads(rse_pair, digits) -> None:
 
 
 def test_rse_is_random_and_the_ensemble_is_steadier(rse_pair, digits) -> None:
-    from defenses.rse import ensemble_probs
+    from robustbench_er.defenses.rse import ensemble_probs
 
     model = rse_pair[0].model.eval()
     x = digits.x_test[:64]
@@ -125,7 +125,7 @@ def test_rse_is_random_and_the_ensemble_is_steadier(rse_pair, digits) -> None:
 
 
 def test_rse_rejects_bad_hparams() -> None:
-    from defenses.rse import RSE
+    from robustbench_er.defenses.rse import RSE
 
     with pytest.raises(UserInputError):
         RSE.hparams("digits", "quick", {"n_passes": 0})
@@ -160,7 +160,7 @@ def test_defense_gan_reconstructs_closer_than_random_samples(gan_pair, digits) -
 
 
 def test_defense_gan_is_declared_randomized_and_gradient_attacks_use_bpda(gan_pair) -> None:
-    from attacks.pgd import PGD
+    from robustbench_er.attacks.pgd import PGD
 
     model = gan_pair[0].model
     assert model.randomized and not model.differentiable and model.bpda
@@ -171,7 +171,7 @@ def test_defense_gan_is_declared_randomized_and_gradient_attacks_use_bpda(gan_pa
 
 
 def test_defense_gan_rejects_bad_hparams() -> None:
-    from defenses.defense_gan import DefenseGAN
+    from robustbench_er.defenses.defense_gan import DefenseGAN
 
     with pytest.raises(UserInputError):
         DefenseGAN.hparams("digits", "quick", {"restarts": 0})

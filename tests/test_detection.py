@@ -8,9 +8,15 @@ import math
 import pytest
 
 from robustbench_er.cli import main
-from robustbench_er.detection import Counts, DetectionSetup, acc_metrics, roc_metrics, run_detection
-from robustbench_er.registry import DETECTORS, get_detector
-from robustbench_er.sweep import AttackConfig
+from robustbench_er.engine.detection import (
+    Counts,
+    DetectionSetup,
+    acc_metrics,
+    roc_metrics,
+    run_detection,
+)
+from robustbench_er.engine.sweep import AttackConfig
+from robustbench_er.plugins.registry import DETECTORS, get_detector
 
 
 def test_metrics_on_a_hand_made_case():
@@ -32,7 +38,7 @@ def test_every_detector_is_listed(capsys):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, digits):
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
 
     out = tmp_path_factory.mktemp("det")
     return {d: get_or_train(d, digits, out=out, progress=False, overrides={"epochs": 4}) for d in ("none", "er-classifier-")}
@@ -64,9 +70,9 @@ def test_bad_detect_input(args, says, tmp_path, capsys):
     plugin = tmp_path / "plain.py"
     plugin.write_text(
         "from torch import nn\n"
-        "from robustbench_er.defense import Defense\n"
-        "from robustbench_er.registry import register_defense\n"
-        "from robustbench_er.training import train_clean\n"
+        "from robustbench_er.plugins.defense import Defense\n"
+        "from robustbench_er.plugins.registry import register_defense\n"
+        "from robustbench_er.models.training import train_clean\n"
         "@register_defense('net-without-embedding')\n"
         "class Plain(Defense):\n"
         "    presets = {'digits': {'quick': {}, 'paper': {}}}\n"
@@ -106,7 +112,7 @@ def test_detection_cells_resume_and_experiment_files_share_them(tmp_path, monkey
     import pandas as pd
     import yaml
 
-    import robustbench_er.detection as detection
+    import robustbench_er.engine.detection as detection
 
     out = tmp_path / "o"
     keys = {"dataset": "digits", "defenses": "none", "detectors": "kd", "train_attacks": "fgsm",

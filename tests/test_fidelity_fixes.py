@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er import checks
-from robustbench_er.attack import verify
-from robustbench_er.defense import DefendedModel, Defense, HParams
-from robustbench_er.errors import UserInputError
-from robustbench_er.registry import DEFENSES, get_attack, get_defense, register_defense
-from robustbench_er.store import Store
-from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
-from robustbench_er.trained import get_or_train
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.engine import checks
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.plugins.attack import verify
+from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
+from robustbench_er.plugins.registry import DEFENSES, get_attack, get_defense, register_defense
+from robustbench_er.store.results import Store
 
 #: a tiny Defense-GAN (about 57% clean accuracy on digits: a weak GAN, but enough points to attack)
 GAN_OVERRIDES = {"epochs": 3, "train_samples": 512, "gan_iters": 120, "restarts": 2, "rec_steps": 15}

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from robustbench_er.cli import main
-from robustbench_er.store import KeepAlive, LeaseLost, LeaseTable, Store, connect
+from robustbench_er.store.results import KeepAlive, LeaseLost, LeaseTable, Store, connect
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"epochs": 2, "train_samples": 600}
@@ -28,7 +28,7 @@ SWEEP = ["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm,
 @pytest.fixture(scope="module")
 def two_models(digits, tmp_path_factory):
     """Two tiny undefended nets with the same hyper-parameters but different seeds, hence weights."""
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
 
     root = tmp_path_factory.mktemp("two")
     a = get_or_train("none", digits, seed=0, out=root, overrides=FAST, progress=False)
@@ -104,8 +104,8 @@ def test_checkpoints_without_id_get_their_own_cells(two_models, tmp_path, capsys
 
 
 def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
-    from robustbench_er import files
-    from robustbench_er.checkpoints import read_meta, save_checkpoint
+    from robustbench_er.core import files
+    from robustbench_er.models.checkpoints import read_meta, save_checkpoint
 
     a, _ = two_models
     folder = tmp_path / "ck"
@@ -129,8 +129,8 @@ def test_meta_json_is_written_atomically(two_models, tmp_path, monkeypatch):
 
 
 def test_identity_is_stable_across_reloads_and_measured(two_models, digits, tmp_path):
-    from robustbench_er.defense import accuracy
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
+    from robustbench_er.plugins.defense import accuracy
 
     a, _ = two_models
     again = get_or_train("none", digits, seed=0, out=a.folder.parents[1], overrides=FAST, progress=False)
@@ -174,7 +174,7 @@ def test_keep_alive_renews_and_detects_a_takeover(tmp_path):
 
 
 def _cfg(out, **kw):
-    from robustbench_er.sweep import AttackConfig, SweepConfig
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig
 
     return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2, 0.3], samples=60, out=out,
                        attacks=[AttackConfig("fgsm"), AttackConfig("pgd", {"steps": 5})], progress=False,
@@ -182,7 +182,7 @@ def _cfg(out, **kw):
 
 
 def test_held_cell_is_deferred_and_taken_over_when_its_lease_expires(two_models, tmp_path, monkeypatch):
-    from robustbench_er import sweep
+    from robustbench_er.engine import sweep
 
     a, _ = two_models
     monkeypatch.setattr(sweep, "LEASE_POLL", 0.2)
@@ -207,8 +207,8 @@ def test_held_cell_is_deferred_and_taken_over_when_its_lease_expires(two_models,
 
 
 def test_training_waits_for_the_process_that_trains(two_models, digits, tmp_path, monkeypatch):
-    from robustbench_er import trained
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine import trained
+    from robustbench_er.engine.trained import get_or_train
 
     a, _ = two_models
     monkeypatch.setattr(trained, "TRAIN_POLL", 0.2)
@@ -303,9 +303,9 @@ def test_cell_identity_moves_with_behaviour_not_with_new_defaults(change, same):
     ``version``, changes it (so those results are recomputed)."""
     import dataclasses
 
-    from robustbench_er.attack import added_field
-    from robustbench_er.checkpoints import spec_hash
-    from robustbench_er.registry import get_attack
+    from robustbench_er.models.checkpoints import spec_hash
+    from robustbench_er.plugins.attack import added_field
+    from robustbench_er.plugins.registry import get_attack
 
     base = get_attack("fgsm")
     kw: dict[str, int] = {}
@@ -322,7 +322,7 @@ def test_cell_identity_moves_with_behaviour_not_with_new_defaults(change, same):
 def test_autoattack_schedule_parameters_left_at_default_keep_the_old_cell_ids():
     """``n_iter``/``n_restarts`` came after the committed AutoAttack cells: at their default they
     are not part of the identity; set, they are."""
-    from robustbench_er.registry import get_attack
+    from robustbench_er.plugins.registry import get_attack
 
     aa = get_attack("autoattack")
     assert "n_iter" not in aa(norm="Linf").describe()["params"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import robustbench_er
 from robustbench_er.cli import main
-from robustbench_er.data import load_dataset
+from robustbench_er.data.datasets import load_dataset
 
 ARCH = """
 from torch import nn

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from robustbench_er.cli import build_parser, experiment_configs, main, sweep_flags
-from robustbench_er.config import sweep_config_from_flags
+from robustbench_er.inputs.config import sweep_config_from_flags
 
 SWEEP = ["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm", "--eps", "0,0.1", "--samples", "20"]
 EXPERIMENT = {"dataset": "digits", "defenses": ["none"], "attacks": ["fgsm"], "eps": "0,0.1", "samples": 20}
@@ -259,12 +259,12 @@ def test_train_flags_are_checked(tmp_path, capsys):
 
 def test_plugins_string_is_one_path(tmp_path, capsys):
     """`plugins: file.py` names one file (it used to be read one character at a time)."""
-    from robustbench_er.registry import ATTACKS
+    from robustbench_er.plugins.registry import ATTACKS
 
     plugin = tmp_path / "one_plugin.py"
     plugin.write_text(
-        "from robustbench_er.attack import Attack\n"
-        "from robustbench_er.registry import register_attack\n\n"
+        "from robustbench_er.plugins.attack import Attack\n"
+        "from robustbench_er.plugins.registry import register_attack\n\n"
         "@register_attack('inputs-test-noop')\n"
         "class Noop(Attack):\n"
         "    def run(self, model, x, y, eps, **kw):\n"
@@ -280,13 +280,13 @@ def test_plugins_string_is_one_path(tmp_path, capsys):
 
 
 def test_failed_plugin_leaves_no_half_registration(tmp_path):
-    from robustbench_er.errors import UserInputError
-    from robustbench_er.registry import ATTACKS, load_plugin_file
+    from robustbench_er.core.errors import UserInputError
+    from robustbench_er.plugins.registry import ATTACKS, load_plugin_file
 
     plugin = tmp_path / "half.py"
     plugin.write_text(
-        "from robustbench_er.attack import Attack\n"
-        "from robustbench_er.registry import register_attack\n\n"
+        "from robustbench_er.plugins.attack import Attack\n"
+        "from robustbench_er.plugins.registry import register_attack\n\n"
         "@register_attack('inputs-test-half')\n"
         "class Half(Attack):\n"
         "    def run(self, model, x, y, eps, **kw):\n"
@@ -341,8 +341,8 @@ def test_samples_all_and_sweeps_inherit(tmp_path):
     ({"kind": "ray", "nodes": 3}, "executor.nodes"),
 ])
 def test_executor_key(executor, expected, tmp_path):
-    from robustbench_er.config import parse_experiment
-    from robustbench_er.errors import UserInputError
+    from robustbench_er.core.errors import UserInputError
+    from robustbench_er.inputs.config import parse_experiment
 
     raw = {"dataset": "digits", "defenses": ["none"], "attacks": ["fgsm"], "eps": [0, 0.1], "samples": 20,
            "executor": executor}

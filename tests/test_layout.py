@@ -31,9 +31,11 @@ def _imported_modules(path: Path) -> list[str]:
             else:
                 module = node.module or ""
             names.append(module)
-            if module in FOLDERS:  # `from defenses import madry` names a module too
+            if module.removeprefix("robustbench_er.") in FOLDERS:  # `from defenses import madry` names a module too
                 names.extend(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    # the built-in plugin folders install as robustbench_er.<folder>
+    return [n.removeprefix("robustbench_er.") if n.split(".")[1:2] and n.split(".")[1] in FOLDERS else n
+            for n in names]
 
 
 def _plugin_files() -> list[Path]:
@@ -64,7 +66,8 @@ def test_the_check_catches_a_plugin_import(tmp_path: Path) -> None:
 
 def test_entry_points_name_plugins_and_no_shared_module() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
-    listed = {v for group in ("robustbench_er.attacks", "robustbench_er.defenses") for v in project[group].values()}
+    listed = {v.removeprefix("robustbench_er.") for group in ("robustbench_er.attacks", "robustbench_er.defenses")
+              for v in project[group].values()}
     files = {f"{p.parent.name}.{p.stem}" for p in _plugin_files()}
     plugins = {m for m in files if not m.split(".")[1].startswith("_")}
     assert listed == plugins

@@ -66,7 +66,7 @@ def _dataset_folder(raw: dict[str, Any], root: Path) -> Path:
 def _shrunk_name(name: str) -> str:
     """A defense or variant with the schedule values its name carries shrunk (a variant's own
     values win over overrides)."""
-    from robustbench_er.registry import split_variant, variant_label
+    from robustbench_er.plugins.registry import split_variant, variant_label
 
     base, values = split_variant(name)
     if not values:
@@ -75,7 +75,7 @@ def _shrunk_name(name: str) -> str:
 
 
 def _defense_entry(entry: Any) -> dict[str, Any]:
-    from robustbench_er.registry import get_defense
+    from robustbench_er.plugins.registry import get_defense
 
     name, overrides = (entry, {}) if isinstance(entry, str) else (entry["name"], dict(entry.get("overrides") or {}))
     fields = {f.name for f in dataclasses.fields(get_defense(name).HParams)}
@@ -115,7 +115,7 @@ def _jobs(raw: dict[str, Any], section: str) -> list[dict[str, Any]]:
 
 
 def _test_split(raw: dict[str, Any]) -> int:
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     return len(load_dataset(raw["dataset"], raw["data_dir"], False).y_test)
 
@@ -139,7 +139,7 @@ def _shrunk_variant(name: str) -> str:
     """A defense of a detection or analysis job as the variant whose hyper-parameters are those
     the shrunk sweeps train it with (a job's ``set`` is shared by all its defenses, whose
     hyper-parameters differ), so the job reuses the sweep's checkpoint."""
-    from robustbench_er.registry import get_defense, split_variant, variant_label
+    from robustbench_er.plugins.registry import get_defense, split_variant, variant_label
 
     base, values = split_variant(name)
     fields = {f.name for f in dataclasses.fields(get_defense(name).HParams)}
@@ -157,7 +157,7 @@ def _param_text(params: dict[str, Any]) -> str:
 def _detect_defense(name: str) -> str:
     """A detection job's defense for a tiny run (DETECT_TRAIN): its quick network, trained to
     separate the tiny classes."""
-    from robustbench_er.registry import get_defense, split_variant, variant_label
+    from robustbench_er.plugins.registry import get_defense, split_variant, variant_label
 
     base, _ = split_variant(name)
     fields = {f.name for f in dataclasses.fields(get_defense(base).HParams)}
@@ -167,7 +167,7 @@ def _detect_defense(name: str) -> str:
 def _attack_text(text: str, train: bool = False) -> str:
     """An attack of a detection job (``cw(eps=0.004,confidence=20)``) with its length capped
     (a training C&W: DETECT_CW)."""
-    from robustbench_er.config import parse_attack_text
+    from robustbench_er.inputs.config import parse_attack_text
 
     a = _attack_entry(parse_attack_text(text))
     if train and a["name"] == "cw":
@@ -177,8 +177,8 @@ def _attack_text(text: str, train: bool = False) -> str:
 
 def _analysis_text(text: str) -> str:
     """An analysis (``tsne(eps=0.03)``) with its length capped (SHRINK_ANALYSIS)."""
-    from robustbench_er.config import parse_attack_text, parse_eps
-    from robustbench_er.registry import get_analysis
+    from robustbench_er.inputs.config import parse_attack_text, parse_eps
+    from robustbench_er.plugins.registry import get_analysis
 
     a = parse_attack_text(text)
     fields = {f.name: f.default for f in dataclasses.fields(get_analysis(a["name"]).Params)}
@@ -194,7 +194,7 @@ def _analysis_text(text: str) -> str:
 
 def shrink(raw: dict[str, Any], data_dir: Path, out: Path) -> dict[str, Any]:
     """The experiment file with its schedules shrunk for a CPU smoke run on a tiny folder."""
-    from robustbench_er.config import parse_attack_text
+    from robustbench_er.inputs.config import parse_attack_text
 
     raw = copy.deepcopy(raw)
     raw.update(data_dir=str(data_dir), out=str(out), samples=POINTS, batch_size=8)
@@ -228,13 +228,13 @@ def shrink(raw: dict[str, Any], data_dir: Path, out: Path) -> dict[str, Any]:
 
 
 def _label(entry: Any) -> str:
-    from robustbench_er.registry import defense_label
+    from robustbench_er.plugins.registry import defense_label
 
     return defense_label(entry if isinstance(entry, str) else entry["name"])
 
 
 def _defenses_of(raw: dict[str, Any]) -> set[str]:
-    from robustbench_er.registry import defense_label
+    from robustbench_er.plugins.registry import defense_label
 
     names = set()
     for level in [raw, *(raw.get("sweeps") or [])]:
@@ -244,7 +244,7 @@ def _defenses_of(raw: dict[str, Any]) -> set[str]:
 
 
 def _study_variants(raw: dict[str, Any]) -> set[str]:
-    from robustbench_er.study import study_variants
+    from robustbench_er.report.study import study_variants
 
     studies = raw.get("study") or []
     return {v for st in ([studies] if isinstance(studies, dict) else studies) for v in study_variants(st)}
@@ -293,7 +293,7 @@ def test_paper_config_states_its_cost_and_plans_every_job(path, tmp_path, capsys
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_paper_config_runs_end_to_end_on_a_tiny_folder(path, tmp_path, capsys):
-    from robustbench_er.registry import defense_label
+    from robustbench_er.plugins.registry import defense_label
 
     raw = _raw(path)
     out = tmp_path / "out"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from tiny_folders import SHRINK
 
-from robustbench_er.data import SPECS, Dataset
-from robustbench_er.registry import DEFENSES, get_attack, get_defense
+from robustbench_er.data.datasets import SPECS, Dataset
+from robustbench_er.plugins.registry import DEFENSES, get_attack, get_defense
 
 CASES = [(d, ds) for d in DEFENSES.names() for ds, per in sorted(get_defense(d).presets.items())
          if "paper" in per and ds in SPECS]
@@ -118,7 +118,7 @@ def test_table15_backbones_have_the_papers_layers(key):
 
 
 def test_table15_backbones_refuse_too_small_images_and_adapt_to_larger_ones():
-    from robustbench_er.errors import UserInputError
+    from robustbench_er.core.errors import UserInputError
     from robustbench_er.models import build_backbone
 
     for name in ("vgg19_bn", "stl10_6c4f", "tiny_13c4f"):
@@ -131,7 +131,7 @@ def test_table15_backbones_refuse_too_small_images_and_adapt_to_larger_ones():
 def test_rse_table15_nets_put_noise_before_every_conv():
     from torch import nn
 
-    from defenses._rse_nets import Noise, build_rse_net
+    from robustbench_er.defenses._rse_nets import Noise, build_rse_net
 
     net = build_rse_net("rse_stl10_6c4f", 3, 10, 96, init_std=(0.4, 0.4, 0.4), inner_std=0.1).eval()
     mods = list(net.modules())

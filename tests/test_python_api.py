@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import robustbench_er
-from robustbench_er.errors import UserInputError
+from robustbench_er.core.errors import UserInputError
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "python-api.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
@@ -64,8 +64,8 @@ def _plugin(tmp_path: Path) -> Path:
     p = tmp_path / "mine.py"
     p.write_text(
         "from torch import nn\n"
-        "from robustbench_er.defense import Defense, DefendedModel, HParams\n"
-        "from robustbench_er.registry import register_defense\n"
+        "from robustbench_er.plugins.defense import Defense, DefendedModel, HParams\n"
+        "from robustbench_er.plugins.registry import register_defense\n"
         "@register_defense('mine')\n"
         "class Mine(Defense):\n"
         "    presets = {'digits': {'quick': {}, 'paper': {}}}\n"

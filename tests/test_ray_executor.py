@@ -9,10 +9,10 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'robustbench-er[ray]')")
 
-from robustbench_er.errors import UserInputError  # noqa: E402
-from robustbench_er.executor import CRASH_ONCE_ENV  # noqa: E402
-from robustbench_er.store import Store  # noqa: E402
-from robustbench_er.sweep import AttackConfig, SweepConfig, _Interrupt, run_sweep  # noqa: E402
+from robustbench_er.core.errors import UserInputError  # noqa: E402
+from robustbench_er.engine.executor import CRASH_ONCE_ENV  # noqa: E402
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, run_sweep  # noqa: E402
+from robustbench_er.store.results import Store  # noqa: E402
 
 RAY = {"kind": "ray", "threads_per_task": 1}
 
@@ -74,7 +74,7 @@ def test_ray_gives_the_local_results(local_run, tmp_path):
 
 
 def test_training_jobs_run_as_tasks(tmp_path):
-    from robustbench_er.checkpoints import read_meta
+    from robustbench_er.models.checkpoints import read_meta
 
     got = run_sweep(_cfg(tmp_path, RAY, attacks=[AttackConfig("fgsm")]))  # no checkpoint here: a task trains it
     (folder,) = [p for p in (tmp_path / "checkpoints").iterdir() if p.is_dir()]

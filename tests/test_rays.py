@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from attacks.rays import RayS
-from robustbench_er.attack import perturbation_norm, verify
-from robustbench_er.defense import DefendedModel
-from robustbench_er.errors import UserInputError
-from robustbench_er.pgd import pgd
-from robustbench_er.registry import get_attack
+from robustbench_er.attacks.rays import RayS
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.models.pgd import pgd
+from robustbench_er.plugins.attack import perturbation_norm, verify
+from robustbench_er.plugins.defense import DefendedModel
+from robustbench_er.plugins.registry import get_attack
 
 N = 32
 BUDGET = 2000

@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_er import registry
-from robustbench_er.attack import Attack, AttackParams, FixedEpsilonAttack, MinimizationAttack
-from robustbench_er.defense import Defense, HParams
-from robustbench_er.errors import UserInputError
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.plugins import registry
+from robustbench_er.plugins.attack import (
+    Attack,
+    AttackParams,
+    FixedEpsilonAttack,
+    MinimizationAttack,
+)
+from robustbench_er.plugins.defense import Defense, HParams
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -102,7 +107,7 @@ def _example_source() -> str:
 
 
 def test_documented_example_plugin_loads_and_works(tmp_path, digits):
-    from robustbench_er.sweep import AttackConfig, SweepConfig, run_sweep
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
 
     f = tmp_path / "my_plugins.py"
     f.write_text(_example_source())

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from robustbench_er.cli import main
-from robustbench_er.registry import defense_label, get_defense, split_variant
+from robustbench_er.plugins.registry import defense_label, get_defense, split_variant
 
 
 def test_a_variant_carries_its_hyper_parameters():

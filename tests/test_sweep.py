@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustbench_er.errors import UserInputError
-from robustbench_er.metrics import auc, worst_case
-from robustbench_er.sweep import (
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.metrics import auc, worst_case
+from robustbench_er.engine.sweep import (
     AttackConfig,
     SweepConfig,
     _Interrupt,
@@ -119,8 +119,8 @@ def test_killed_run_resumes_to_identical_curves(full_run, tmp_path):
 
 
 def test_checkpoint_reused_between_sweeps(full_run):
-    from robustbench_er.data import load_dataset
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.data.datasets import load_dataset
+    from robustbench_er.engine.trained import get_or_train
 
     out, _ = full_run
     t = get_or_train("none", load_dataset("digits"), out=out, progress=False)
@@ -163,7 +163,7 @@ def test_bad_inputs_change_nothing(tmp_path):
 
 
 def test_attack_subsets_are_random_not_the_first_class():
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     data = load_dataset("mnist5k")
     ids = data.sample_ids(1000)
@@ -194,7 +194,7 @@ def test_headline_of_one_norm_leaves_the_others_alone(tmp_path):
 
 
 def test_plan_is_pure_and_training_is_its_own_step(full_run, tmp_path):
-    from robustbench_er.sweep import plan, prepare, train_defenses
+    from robustbench_er.engine.sweep import plan, prepare, train_defenses
 
     out, summaries = full_run
     cfg = _cfg(out)

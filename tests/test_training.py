@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_er.training import adversarial_batch, eval_mode
+from robustbench_er.models.training import adversarial_batch, eval_mode
 
 
 def test_eval_mode_restores_every_submodule_also_on_error():

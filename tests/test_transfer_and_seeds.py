@@ -49,7 +49,7 @@ def test_transfer_is_weaker_than_white_box_pgd(transfer_run):
 
 
 def test_cell_records_the_surrogate_checkpoint(transfer_run, digits):
-    from robustbench_er.trained import get_or_train
+    from robustbench_er.engine.trained import get_or_train
 
     surrogate = get_or_train("none", digits, profile="quick", seed=0, out=transfer_run, progress=False)
     target = get_or_train("none[epochs=2]", digits, profile="quick", seed=0, out=transfer_run, progress=False)
@@ -64,8 +64,8 @@ def test_cell_records_the_surrogate_checkpoint(transfer_run, digits):
 def test_surrogate_identity_is_part_of_the_cell_id():
     from types import SimpleNamespace
 
-    from robustbench_er.checkpoints import spec_hash
-    from robustbench_er.registry import get_attack
+    from robustbench_er.models.checkpoints import spec_hash
+    from robustbench_er.plugins.registry import get_attack
 
     ids = []
     for identity in ("aaaa", "bbbb"):
@@ -167,8 +167,8 @@ def test_leaderboards_have_per_seed_rows_and_mean_std(seeds_run):
 
 
 def test_seeds_in_experiment_files(digits):
-    from robustbench_er.config import parse_experiment
-    from robustbench_er.errors import UserInputError
+    from robustbench_er.core.errors import UserInputError
+    from robustbench_er.inputs.config import parse_experiment
 
     base = {"dataset": "digits", "defenses": ["none"], "attacks": ["pgd"], "eps": "0:0.3:0.1", "samples": 20}
     (cfg,) = parse_experiment({**base, "seeds": [0, 1, 2]}).configs(progress=False)

@@ -32,7 +32,7 @@ def _cifar(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory):
-    from robustbench_er.zoo import weights_path, zoo_architecture
+    from robustbench_er.jobs.zoo import weights_path, zoo_architecture
 
     root = tmp_path_factory.mktemp("zoo")
     _cifar(root / "data" / "cifar-10-batches-bin")
@@ -62,7 +62,7 @@ def test_zoo_model_is_swept_offline(zoo_dir, tmp_path, capsys):
                   "link", "authors", "venue", "architecture", "footnote"):
         assert field in row  # RobustBench's model_info fields
     # the numbers are the loaded weights': the clean accuracy the sweep printed is the net's own
-    from robustbench_er.data import load_dataset
+    from robustbench_er.data.datasets import load_dataset
 
     data = load_dataset("cifar10", str(root / "data"))
     ids = data.sample_ids(20)

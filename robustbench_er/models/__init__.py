@@ -15,7 +15,7 @@ __all__ = ["BACKBONES", "VGG19BN", "Mnist4C4F", "ResNet5", "ResNet18", "STL10Net
 
 
 def build_backbone(name: str, in_channels: int, classes: int, image_size: int):  # type: ignore[no-untyped-def]
-    from robustbench_er.errors import UserInputError
+    from robustbench_er.core.errors import UserInputError
 
     if name not in BACKBONES:
         raise UserInputError(f"Unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}.")

@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from robustbench_er.errors import UserInputError
+from robustbench_er.core.errors import UserInputError
 
 #: called with a convolution's index; returns a module put right before that convolution
 PreConv = Callable[[int], nn.Module]

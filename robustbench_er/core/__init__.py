@@ -1,0 +1,1 @@
+"""The lowest layer: errors, atomic files, metrics, devices, result identity; imports nothing of the harness."""

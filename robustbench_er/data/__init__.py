@@ -1,0 +1,1 @@
+"""Datasets: the built-in specs and loaders and the folder readers."""

@@ -1,0 +1,1 @@
+"""What a command does end to end: sweep, detect, analyze, dry run, import-model, zoo."""

@@ -1,0 +1,1 @@
+"""The plugin contracts (attack, defense, detector, analysis, library adapters) and the registries."""

@@ -1,0 +1,1 @@
+"""Reports: tables, sections, plots, HTML and the writers, built from the store."""

@@ -1,0 +1,713 @@
+"""Reports read from the store: ``curves.csv`` (long form), ``leaderboard.csv/.md/.json``,
+``curves_<dataset>_<norm>.png`` and ``auc_<dataset>.png``.
+
+Cells are grouped by (dataset, defense checkpoint, norm, seed). Within a group the worst case
+over attacks is, per sample, the minimum ``broken_at`` over the attacks that ran on the group's
+largest sample set; attacks run on a subset (e.g. C&W on 200 points) appear with their own n.
+Numbers stay numbers in every file; epsilons keep their exact value beside a pretty form.
+
+Seeds: every row carries its sweep's ``seed``. A (dataset, norm, defense) evaluated at several
+seeds (``--seeds``) keeps one row per seed and gains an aggregate row (``aggregate`` True): the
+mean and the sample standard deviation (ddof=1) over the seeds of clean accuracy, robust
+accuracy and AUC (``*_std`` columns), shown as ``mean ± std`` in Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.files import atomic_path, write_text_atomic
+from robustbench_er.core.metrics import EPS_TOL, auc, curve, from_norm, pretty_eps, worst_case
+from robustbench_er.engine.checks import attack_run, cross_attack_flags
+from robustbench_er.store.results import Store
+
+log = logging.getLogger(__name__)
+WORST = "worst-case"
+#: above this many defenses a curve plot shows only each defense's worst case
+MAX_DETAILED_DEFENSES = 4
+
+
+def _snap(grid: list[float], target: float | None) -> float:
+    pos = [e for e in grid if e > 0] or grid
+    if target is None:
+        return pos[-1]
+    below = [e for e in pos if e <= target + 1e-9]
+    return below[-1] if below else pos[0]
+
+
+Headline = float | dict[str, float] | None
+
+
+def _headline_for(headline: Headline, norm: str) -> float | None:
+    if isinstance(headline, dict):
+        return headline.get(norm)
+    return headline
+
+
+def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
+    """The last per-eps table each norm's sweeps asked for (kept in the runs table)."""
+    from robustbench_er.plugins.attack import canonical_norm
+
+    out: dict[str, list[float]] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            d = json.loads(cfg)
+            value = d.get("table_eps_scaled")
+            if value:
+                out[canonical_norm(str(d.get("norm", "Linf")))] = [float(v) for v in value]
+        except (ValueError, TypeError, UserInputError):
+            continue
+    return out
+
+
+def _table_attacks_from_runs(store: Store) -> list[str]:
+    """Every attack label a sweep of the store asked a per-eps table for, in the order asked."""
+    out: dict[str, None] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            out.update(dict.fromkeys(str(a) for a in json.loads(cfg).get("table_attacks") or []))
+        except (ValueError, TypeError):
+            continue
+    return list(out)
+
+
+def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float],
+                  attack: str = WORST) -> tuple[list[str], list[list[str]]]:
+    """Robust accuracy (%) of each defense at each of ``eps``, defenses as rows, as Table 1 of
+    Li et al. (ICLR submission) prints them: the worst case over the attacks, or one attack's own
+    curve (``attack``, a label; in a cascade its stage's); "–" where an eps is not on the grid."""
+    c = t.curves
+    c = c[(c["dataset"] == dataset) & (c["norm"] == norm) & (c["attack"] == attack)]
+    head = ["defense"] + [pretty_eps(e) for e in eps]
+    rows = []
+    several = "seed" in c and c["seed"].nunique() > 1
+    keys = ["defense", "checkpoint"] + (["seed"] if "seed" in c else [])
+    for key, g in c.groupby(keys, sort=False):
+        cells = [f"{key[0]} (seed {key[2]})" if several else str(key[0])]
+        for e in eps:
+            hit = g[((g["eps"] - e).abs() < EPS_TOL) | ((g["eps_in_unit"] - e).abs() < EPS_TOL)]
+            cells.append(_fmt(float(hit["robust_acc"].iloc[0])) if len(hit) else "–")
+        rows.append(cells)
+    return head, rows
+
+
+def _headlines_from_runs(store: Store) -> dict[str, float]:
+    """The last headline each norm's sweeps asked for (kept in the runs table)."""
+    from robustbench_er.plugins.attack import canonical_norm
+
+    out: dict[str, float] = {}
+    for cfg in store.runs_frame()["config"]:
+        try:
+            d = json.loads(cfg)
+            value = d.get("headline_eps", d.get("headline"))  # headline_eps: in the norm's own unit
+            if value is not None:
+                out[canonical_norm(str(d.get("norm", "Linf")))] = float(value)
+        except (ValueError, TypeError, UserInputError):
+            continue
+    return out
+
+
+@dataclass
+class Tables:
+    """Everything a report shows, long form: pivot only to render.
+
+    * ``curves``: one row per (group, attack or worst case, eps);
+    * ``attacks``: one row per (group, attack): robust accuracy at the headline eps (after the
+      stage, for a cascade), AUC, ADBD, n, mode and stage;
+    * ``board``: one row per group (dataset, defense checkpoint, norm, seed): clean and worst-case
+      robust accuracy at the headline eps on the points every attack there ran on, AUC, flags;
+      then, for a (dataset, norm, defense) run at several seeds, its aggregate row (mean, ``*_std``).
+    """
+
+    curves: pd.DataFrame
+    attacks: pd.DataFrame
+    board: pd.DataFrame
+
+
+def _covers(kind: str, grid: list[float], eps: float) -> bool:
+    """Whether an attack's outcomes say something about ``eps``: a minimization attack always; a
+    fixed-epsilon one when it ran at ``eps`` or at a smaller epsilon (an example inside a small
+    ball is inside every larger one, so its breaks carry up to every larger epsilon)."""
+    return kind == "min" or any(e <= eps + EPS_TOL for e in grid)
+
+
+def _chains(cell_ids: list[str], specs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """Cells grouped into cascade chains (a cell run on its own is a chain of one), in stage order."""
+    nxt = {specs[c].get("upstream"): c for c in cell_ids if specs[c].get("upstream") in specs}
+    heads = [c for c in cell_ids if specs[c].get("upstream") not in specs]
+    chains = []
+    for h in heads:
+        chain = [h]
+        while chain[-1] in nxt:
+            chain.append(nxt[chain[-1]])
+        chains.append(chain)
+    return chains
+
+
+def _worst_at(eps: float, chains: list[list[str]], info: dict[str, tuple[str, list[float]]],
+              by_cell: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int] | None:
+    """Per-sample worst case at ``eps`` over every attack that ran at ``eps`` or below, on the
+    points they all ran on: a point counts as broken when any attack broke it at some eps' <= eps.
+
+    Each chain contributes its last stage that ran at or below ``eps`` (a cascade stage's
+    outcomes include every earlier stage's). Returns (outcomes on the common points, number of
+    chains) or None.
+    """
+    frames = []
+    for chain in chains:
+        last = [c for c in chain if c in by_cell and _covers(info[c][0], info[c][1], eps)]
+        if last:
+            frames.append(by_cell[last[-1]])
+    if not frames:
+        return None
+    common = set(frames[0]["sample_id"])
+    for f in frames[1:]:
+        common &= set(f["sample_id"])
+    frames = [f[f["sample_id"].isin(common)] for f in frames]
+    return worst_case(frames), len(frames)
+
+
+def build_tables(store: Store, headline: Headline = None) -> Tables:
+    """Long-form tables from everything finished in the store.
+
+    ``headline`` is one epsilon for every norm, or a dict per norm; where it gives none, the
+    last one a sweep of that norm asked for, else the dataset's default (snapped to the grid).
+    The headline robust accuracy is the per-sample worst case over every attack that ran at
+    that eps, on the points all of them ran on (never a mix of sample sets).
+    """
+    cells = store.cells_frame()
+    cells = cells[cells["status"] == "done"]
+    remembered = _headlines_from_runs(store)
+    outcomes = store.outcomes_frame()
+    flags = store.flags_frame()
+    curve_rows: list[dict[str, Any]] = []
+    attack_rows: list[dict[str, Any]] = []
+    board_rows: list[dict[str, Any]] = []
+    if cells.empty:
+        return Tables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+    by_cell = {cid: df.drop(columns="cell_id").sort_values("sample_id") for cid, df in outcomes.groupby("cell_id")}
+    cells = cells.assign(seed=[int(json.loads(sp).get("seed") or 0) for sp in cells["spec"]])
+    for (dataset, defense, ckpt, norm, seed), group in cells.groupby(["dataset", "defense", "checkpoint", "norm", "seed"],
+                                                                     sort=False):
+        seed = int(seed)
+        ids = [c for c in group["cell_id"] if c in by_cell]
+        if not ids:
+            continue
+        specs = {r.cell_id: json.loads(r.spec) for r in group.itertuples()}
+        union = sorted({float(e) for r in group.itertuples() for e in json.loads(r.grid)})
+        scale = float(next(iter(specs.values())).get("eps_scale") or 1.0)
+        unit = next(iter(specs.values())).get("l2_unit") or ("l2" if norm == "L2" else norm.lower())
+        chains = _chains(ids, specs)
+        eot_n = int(group["eot"].max())
+        rows = {r.cell_id: r for r in group.itertuples()}
+        info = {c: (rows[c].kind, [float(e) for e in json.loads(rows[c].grid)]) for c in ids}
+        labels: dict[str, str] = {}
+        cell_flags: dict[str, str] = {}
+
+        def eps_cols(e: float, unit: str = unit, scale: float = scale) -> dict[str, Any]:
+            return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=unit,
+                        eps_in_unit=from_norm(float(e), unit, scale))
+
+        for chain in chains:
+            cascade = len(chain) > 1
+            for stage, cid in enumerate(chain):
+                r = rows[cid]
+                label = r.attack_label
+                if label in labels.values():  # the same attack run twice (other samples or settings)
+                    label = f"{label}#{cid[:6]}"
+                labels[cid] = label
+                out = by_cell[cid]
+                kind, grid = info[cid]
+                g = grid if kind == "fixed" else union
+                acc = curve(out, g)
+                clean = float(out["clean_correct"].mean())
+                for f in flags[flags["cell_id"] == cid].itertuples():
+                    cell_flags[f.flag] = f.detail
+                for e, a in zip(g, acc):
+                    curve_rows.append(dict(dataset=dataset, defense=defense, attack=label, norm=norm, **eps_cols(e),
+                                           n=len(out), clean_acc=clean, robust_acc=float(a), eot_n=int(r.eot),
+                                           checkpoint=ckpt, mode="cascade" if cascade else "independent",
+                                           stage=stage, seed=seed))
+                ok = out["clean_correct"].astype(bool)
+                own = ok & (out["broken_by"] == r.attack_label) if "broken_by" in out else ok
+                attack_rows.append(dict(
+                    dataset=dataset, defense=defense, checkpoint=ckpt, norm=norm, seed=seed, attack=label,
+                    attack_name=r.attack, kind=kind, access=specs[cid].get("access", "gradient"),
+                    reports_as=specs[cid].get("reports_as"), mode="cascade" if cascade else "independent",
+                    stage=stage, n=len(out), grid=g, acc=acc,
+                    auc=auc(g, acc) if len(g) >= 2 else math.nan,
+                    # mean distance of the examples a minimization attack found itself (ADBD for RayS)
+                    adbd=float(out.loc[own, "broken_at"].mean()) if kind == "min" else math.nan))
+        # worst case per eps of the union grid, on the points every attack there ran on
+        wc_acc, wc_n = [], []
+        for e in union:
+            got = _worst_at(e, chains, info, by_cell)
+            if got is None:
+                wc_acc.append(math.nan)
+                wc_n.append(0)
+                continue
+            wc, _ = got
+            a = float(curve(wc, [e])[0])
+            wc_acc.append(a)
+            wc_n.append(len(wc))
+            curve_rows.append(dict(dataset=dataset, defense=defense, attack=WORST, norm=norm, **eps_cols(e),
+                                   n=len(wc), clean_acc=float(wc["clean_correct"].mean()), robust_acc=a,
+                                   eot_n=eot_n, checkpoint=ckpt, mode="", stage=-1, seed=seed))
+        hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
+        asked = _headline_for(headline, norm)
+        if asked is None:
+            asked = remembered.get(norm)
+        target = asked if asked is not None else hl_default
+        hl = _snap(union, target)
+        got = _worst_at(hl, chains, info, by_cell)
+        wc, n_chains = got if got is not None else (by_cell[ids[0]], 1)
+        sets = {len(by_cell[c]) for chain in chains for c in chain if _covers(info[c][0], info[c][1], hl)}
+        note = ""
+        if len(sets) > 1:
+            note = (f"worst case on the {len(wc)} points every attack at {pretty_eps(hl)} ran on"
+                    f" (attacks ran on {', '.join(str(k) for k in sorted(sets, reverse=True))} points)")
+        for row in attack_rows:
+            if (row["dataset"], row["defense"], row["checkpoint"], row["norm"], row["seed"]) == (dataset, defense, ckpt,
+                                                                                                  norm, seed):
+                row["robust_acc"] = next((float(a) for e, a in zip(row["grid"], row["acc"]) if abs(e - hl) < EPS_TOL),
+                                         math.nan)
+        board_rows.append(dict(
+            dataset=dataset, defense=defense, norm=norm, seed=seed, headline_eps=hl, headline_label=pretty_eps(hl),
+            eps_unit=unit, headline_in_unit=from_norm(hl, unit, scale), n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
+            robust_acc=float(curve(wc, [hl])[0]), auc=auc(union, wc_acc) if len(union) >= 2 else math.nan,
+            attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
+            flags=";".join(sorted(cell_flags)),
+            flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=ckpt))
+        # compare attacks pairwise on the points both ran (e.g. PGD on 1,000 vs RayS on 100); a
+        # cascade's later stages hold cumulative outcomes, so only each chain's first stage compares
+        runs = {}
+        for chain in chains:
+            cid = chain[0]
+            runs[labels[cid]] = attack_run(by_cell[cid], info[cid][1] if info[cid][0] == "fixed" else union,
+                                           specs[cid])
+        new = cross_attack_flags(runs)
+        if new:
+            b = board_rows[-1]
+            merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}
+            b["flags"] = ";".join(sorted(merged))
+            b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(merged.items()))
+    curves = pd.DataFrame(curve_rows)
+    attacks = pd.DataFrame(attack_rows).drop(columns=["grid", "acc"]) if attack_rows else pd.DataFrame()
+    board = pd.DataFrame(board_rows)
+    if not curves.empty:
+        flag_map = {(r["dataset"], r["checkpoint"], r["norm"], r["seed"]): r["flags"] for _, r in board.iterrows()}
+        curves["flags"] = [flag_map.get(k, "") for k in zip(curves["dataset"], curves["checkpoint"], curves["norm"],
+                                                            curves["seed"])]
+    if not board.empty:
+        board = with_seed_aggregates(board)
+    return Tables(curves, attacks, board)
+
+
+#: the board's numbers an aggregate row gives as mean and sample std over seeds
+AGGREGATED = ("clean_acc", "robust_acc", "auc")
+
+
+def with_seed_aggregates(board: pd.DataFrame) -> pd.DataFrame:
+    """The board with, after each (dataset, norm, defense) evaluated at several distinct seeds
+    (at one headline eps), an aggregate row: mean and sample std (ddof=1) over the seeds of
+    clean accuracy, robust accuracy and AUC. Rows sorted by dataset, norm, the defense's mean
+    robust accuracy (best first), then seed, the aggregate last."""
+    board = board.assign(aggregate=False, seeds="", n_seeds=pd.NA, **{f"{k}_std": math.nan for k in AGGREGATED})
+    rows = []
+    for _, g in board.groupby(["dataset", "norm", "defense"], sort=False):
+        if len(g) < 2 or g["seed"].nunique() != len(g) or g["headline_eps"].nunique() != 1:
+            continue  # one seed, or rows that are not seed replicates of one evaluation
+        first = g.iloc[0]
+        row: dict[str, Any] = {c: first[c] for c in ("dataset", "defense", "norm", "headline_eps", "headline_label",
+                                                     "eps_unit", "headline_in_unit", "eot_n")}
+        row.update(seed=pd.NA, aggregate=True, seeds=",".join(str(int(v)) for v in sorted(g["seed"])),
+                   n_seeds=len(g), n=int(g["n"].min()), attacks_in_headline=int(g["attacks_in_headline"].max()),
+                   sample_note="", flags="", flag_details="", checkpoint="")
+        for k in AGGREGATED:
+            vals = g[k].astype(float)
+            row[k] = float(vals.mean())
+            row[f"{k}_std"] = float(vals.std(ddof=1))
+        rows.append(row)
+    if rows:
+        board = pd.concat([board, pd.DataFrame(rows)], ignore_index=True)
+    per = board[~board["aggregate"].astype(bool)]
+    rank = per.groupby(["dataset", "norm", "defense"], sort=False)["robust_acc"].mean()
+    first_seen = {k: i for i, k in enumerate(dict.fromkeys(zip(per["dataset"], per["norm"], per["defense"])))}
+    keys = list(zip(board["dataset"], board["norm"], board["defense"]))
+    board = board.assign(_rank=[rank.get(k, math.nan) for k in keys], _order=[first_seen.get(k, 0) for k in keys],
+                         seed=board["seed"].astype("Int64"), n_seeds=board["n_seeds"].astype("Int64"))
+    board = board.sort_values(["dataset", "norm", "_rank", "_order", "aggregate", "seed", "robust_acc"],
+                              ascending=[True, True, False, True, True, True, False], kind="stable",
+                              na_position="last")
+    return board.drop(columns=["_rank", "_order"]).reset_index(drop=True)
+
+
+def _per_seed(board: pd.DataFrame) -> pd.DataFrame:
+    """The board's rows of single evaluations (no aggregate rows)."""
+    return board[~board["aggregate"].astype(bool)] if "aggregate" in board else board
+
+
+def _replicates(t: Tables, r: pd.Series) -> list[pd.Series]:
+    """The per-seed rows an aggregate row ``r`` summarises."""
+    b = _per_seed(t.board)
+    seeds = {int(v) for v in str(r["seeds"]).split(",") if v}
+    g = b[(b["dataset"] == r["dataset"]) & (b["norm"] == r["norm"]) & (b["defense"] == r["defense"])]
+    return [row for _, row in g.iterrows() if int(row["seed"]) in seeds]
+
+
+def _column(r: pd.Series) -> str:
+    """How an attack is headed in a table: ``after pgd`` for a cascade stage, else its label."""
+    return f"after {r['attack']}" if r["mode"] == "cascade" else str(r["attack"])
+
+
+def _provenance(store: Store) -> dict[str, Any]:
+    runs = store.runs_frame()
+    last = runs.iloc[-1] if not runs.empty else None
+    return {"command": (last["command"] if last is not None else "") or " ".join(sys.argv),
+            "versions": json.loads(last["versions"]) if last is not None else {},
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{100 * v:.1f}"
+    return str(v)
+
+
+def _fmt_auc(v: Any) -> str:
+    return "–" if _isnan(v) else f"{float(v):.3f}"
+
+
+def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
+    a = t.attacks
+    if a.empty or bool(r.get("aggregate", False)):
+        return a.iloc[0:0]
+    return a[(a["dataset"] == r["dataset"]) & (a["defense"] == r["defense"]) & (a["checkpoint"] == r["checkpoint"])
+             & (a["norm"] == r["norm"]) & (a["seed"] == r["seed"])]
+
+
+def _fmt_pm(mean: Any, std: Any, auc_like: bool = False) -> str:
+    """``mean ± std`` (accuracies in %, AUC as a fraction)."""
+    if _isnan(mean):
+        return "–"
+    if auc_like:
+        return f"{float(mean):.3f} ± {float(std):.3f}"
+    return f"{100 * float(mean):.1f} ± {100 * float(std):.1f}"
+
+
+def _attack_mean_std(t: Tables, r: pd.Series, column: str, field: str) -> tuple[float, float] | None:
+    """Mean and sample std over an aggregate row's seeds of one attack column (``robust_acc`` or ``auc``)."""
+    vals = []
+    for row in _replicates(t, r):
+        by = {_column(a): a for _, a in _group_attacks(t, row).iterrows()}
+        if column not in by or _isnan(by[column][field]):
+            return None
+        vals.append(float(by[column][field]))
+    if len(vals) < 2:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1))
+
+
+@dataclass
+class Section:
+    """One table of the leaderboard (a dataset and a norm), as text cells, for every renderer."""
+
+    title: str
+    head: list[str]
+    rows: list[list[str]]
+    #: per row: (flags, their details) for the row's last cell
+    flags: list[tuple[str, str]]
+    notes: list[str]
+
+
+def leaderboard_sections(t: Tables) -> list[Section]:
+    board = t.board
+    sections = []
+    for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
+        singles = _per_seed(part)
+        per = pd.concat([_group_attacks(t, r) for _, r in singles.iterrows()]) if not t.attacks.empty else t.attacks
+        cols = list(dict.fromkeys(_column(r) for _, r in per.iterrows())) if not per.empty else []
+        ns = {c: sorted({int(r["n"]) for _, r in per.iterrows() if _column(r) == c}) for c in cols}
+        auc_cols = [c for c in cols if any(not _isnan(r["auc"]) for _, r in per.iterrows() if _column(r) == c)]
+        adbd_cols = [c for c in cols if any(not _isnan(r["adbd"]) for _, r in per.iterrows() if _column(r) == c)]
+        # a seed column only where this table holds more than one seed
+        seeded = "seed" in singles and singles["seed"].nunique() > 1
+        unit = part["eps_unit"].iloc[0]
+        hl = part["headline_label"].iloc[0]
+        if unit == "rms":
+            hl = f"{hl} (rms {part['headline_in_unit'].iloc[0]:.4g})"
+        head = ["defense"] + (["seed"] if seeded else []) + ["clean", f"robust @ {hl}", "AUC"]
+        head += [c if len(ns[c]) != 1 or ns[c][0] == int(part["n"].max()) else f"{c} (n={ns[c][0]})" for c in cols]
+        head += [f"AUC {c}" for c in auc_cols] + [f"ADBD {c}" for c in adbd_cols] + ["n", "flags"]
+        rows, flags, notes = [], [], []
+        for _, r in part.iterrows():
+            if bool(r.get("aggregate", False)):
+                cells = [r["defense"], f"mean ± std ({r['n_seeds']} seeds)", _fmt_pm(r["clean_acc"], r["clean_acc_std"]),
+                         _fmt_pm(r["robust_acc"], r["robust_acc_std"]), _fmt_pm(r["auc"], r["auc_std"], True)]
+                for c in cols:
+                    ms = _attack_mean_std(t, r, c, "robust_acc")
+                    cells.append(_fmt_pm(*ms) if ms else "–")
+                for c in auc_cols:
+                    ms = _attack_mean_std(t, r, c, "auc")
+                    cells.append(_fmt_pm(*ms, True) if ms else "–")
+                cells += ["–" for _ in adbd_cols] + [str(int(r["n"])), ""]
+                rows.append(cells)
+                flags.append(("", ""))
+                continue
+            g = _group_attacks(t, r)
+            by = {_column(a): a for _, a in g.iterrows()}
+            cells = [r["defense"]] + ([str(int(r["seed"]))] if seeded else [])
+            cells += [_fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
+            cells += [_fmt(by[c]["robust_acc"]) if c in by else "–" for c in cols]
+            cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
+            cells += ["–" if c not in by or _isnan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
+            cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
+            rows.append(cells)
+            flags.append((str(r["flags"] or ""), str(r["flag_details"] or "")))
+            if r["sample_note"]:
+                who = f"{r['defense']} (seed {int(r['seed'])})" if seeded else str(r["defense"])
+                notes.append(f"{who}: {r['sample_note']}.")
+        if seeded:
+            notes.append("mean ± std: over the seeds, sample standard deviation (ddof=1).")
+        sections.append(Section(f"{dataset}, {norm}", head, rows, flags, notes))
+    return sections
+
+
+LEGEND = ("Accuracies in %, on the evaluated test points. Robust accuracy = per-sample worst case over every"
+          " attack that ran at the headline epsilon, on the points all of them ran on (n). In a cascade each"
+          " attack runs only on the points the earlier ones left standing, so `after X` is the robust accuracy"
+          " once X has run. AUC = area under the robust-accuracy curve / grid width (1 = robust everywhere);"
+          " ADBD = mean distance of the adversarial examples a minimization attack found.")
+
+
+def leaderboard_markdown(t: Tables, prov: dict[str, Any], table_eps: dict[str, list[float]] | None = None,
+                         table_attacks: Sequence[str] = ()) -> str:
+    lines = ["# Leaderboard", "", f"Made by `{prov['command']}`.", "", LEGEND, ""]
+    for sec in leaderboard_sections(t):
+        lines += [f"## {sec.title}", "", "| " + " | ".join(sec.head) + " |", "|" + "---|" * len(sec.head)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in sec.rows]
+        lines += [""] + ([f"* {n}" for n in sec.notes] + [""] if sec.notes else [])
+        dataset, norm = sec.title.split(", ", 1)
+        if table_eps and table_eps.get(norm):
+            head, rows = per_eps_table(t, dataset, norm, table_eps[norm])
+            lines += [f"### {sec.title}: robust accuracy at chosen epsilons", "",
+                      "Worst case over the attacks at each eps (%), on each defense's evaluated points.", "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
+            for label in table_attacks:
+                head, rows = per_eps_table(t, dataset, norm, table_eps[norm], attack=label)
+                if not rows:
+                    continue
+                lines += [f"### {sec.title}: {label} alone at chosen epsilons", "",
+                          f"Robust accuracy under {label} alone at each eps (%; in a cascade, its own stage),"
+                          " on each defense's evaluated points.", "",
+                          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                lines += ["| " + " | ".join(cells) + " |" for cells in rows] + [""]
+    return "\n".join(lines)
+
+
+def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = []
+    for _, r in t.board.iterrows():
+        if bool(r.get("aggregate", False)):
+            entries.append(_aggregate_json(t, r, prov))
+            continue
+        g = _group_attacks(t, r)
+        per = {_column(a): _num(a["robust_acc"]) for _, a in g.iterrows() if not _isnan(a["robust_acc"])}
+        aucs = {_column(a): _num(a["auc"]) for _, a in g.iterrows() if not _isnan(a["auc"])}
+        adbd = {_column(a): _num(a["adbd"]) for _, a in g.iterrows() if not _isnan(a["adbd"])}
+        ns = {_column(a): int(a["n"]) for _, a in g.iterrows()}
+        # RobustBench's autoattack_acc: the attack that declares it reports that field
+        aa = [a for _, a in g.iterrows() if a.get("reports_as") == "autoattack_acc" and not _isnan(a["robust_acc"])]
+        entries.append({
+            # RobustBench model_info fields
+            "name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
+            "eps_label": r["headline_label"], "clean_acc": _num(r["clean_acc"]),
+            "reported": None, "autoattack_acc": _num(aa[-1]["robust_acc"]) if aa else None, "additional_data": False,
+            "number_forward_passes": int(r["eot_n"]), "unreliable": bool(r["flags"]), "footnote": r["flag_details"] or None,
+            "link": None, "authors": None, "venue": None, "architecture": None,
+            # ours
+            "robust_acc": _num(r["robust_acc"]), "robust_acc_per_attack": per, "auc": _num(r["auc"]),
+            "auc_per_attack": aucs, "adbd_per_attack": adbd, "n": int(r["n"]), "n_per_attack": ns,
+            "sample_note": r["sample_note"] or None, "eps_unit": r["eps_unit"],
+            "eps_in_unit": _num(r["headline_in_unit"]),
+            "flags": [f for f in str(r["flags"]).split(";") if f],
+            "checkpoint": r["checkpoint"], "seed": int(r["seed"]), "aggregate": False,
+            "command": prov["command"], "versions": prov["versions"],
+        })
+    return entries
+
+
+def _aggregate_json(t: Tables, r: pd.Series, prov: dict[str, Any]) -> dict[str, Any]:
+    """An aggregate row: means and sample stds (ddof=1) over the seeds, per attack too."""
+    cols = list(dict.fromkeys(_column(a) for row in _replicates(t, r) for _, a in _group_attacks(t, row).iterrows()))
+    per: dict[str, float] = {}
+    per_std: dict[str, float] = {}
+    for c in cols:
+        ms = _attack_mean_std(t, r, c, "robust_acc")
+        if ms:
+            per[c], per_std[c] = ms
+    return {"name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
+            "eps_label": r["headline_label"], "aggregate": True,
+            "seeds": [int(v) for v in str(r["seeds"]).split(",") if v], "n_seeds": int(r["n_seeds"]),
+            **{k: _num(r[k]) for k in AGGREGATED}, **{f"{k}_std": _num(r[f"{k}_std"]) for k in AGGREGATED},
+            "robust_acc_per_attack": per, "robust_acc_per_attack_std": per_std, "n": int(r["n"]),
+            "eps_unit": r["eps_unit"], "eps_in_unit": _num(r["headline_in_unit"]),
+            "command": prov["command"], "versions": prov["versions"]}
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def _num(v: Any) -> float | None:
+    if v is None or _isnan(v):
+        return None
+    return float(v)
+
+
+def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for (dataset, norm), part in curves.groupby(["dataset", "norm"], sort=False):
+        if "seed" in part and part["seed"].nunique() > 1:  # one line per (defense, seed)
+            part = part.assign(defense=[f"{d} · seed {s}" for d, s in zip(part["defense"], part["seed"])])
+        defenses = list(dict.fromkeys(part["defense"]))
+        # with many defenses only the worst-case curves are drawn (the CSV has every attack)
+        detailed = len(defenses) <= MAX_DETAILED_DEFENSES
+        fig, ax = plt.subplots(figsize=(7.5 if detailed else 9.5, 4.8))
+        colors = plt.get_cmap("tab10" if len(defenses) <= 10 else "tab20")
+        styles = ["--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
+        attack_style = {a: styles[j % len(styles)] for j, a in enumerate(dict.fromkeys(a for a in part["attack"] if a != WORST))}
+        for i, d in enumerate(defenses):
+            sub = part[part["defense"] == d]
+            color = colors(i % colors.N)
+            for attack, s in sub.groupby("attack", sort=False):
+                s = s.sort_values("eps")
+                flagged = " ⚠" if s["flags"].iloc[0] else ""
+                if attack == WORST:
+                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=2.2, marker="o", ms=3,
+                            label=f"{d}{' (worst case)' if detailed else ''}{flagged}")
+                elif not detailed:
+                    continue
+                elif len(s) > 1:
+                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=1.1, ls=attack_style[attack], alpha=0.75,
+                            label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
+                else:
+                    ax.scatter(s["eps"], 100 * s["robust_acc"], color=color, marker="x", s=40,
+                               label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
+        ax.set_xlabel(f"epsilon ({norm}, images in [0, 1])")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{dataset}: accuracy under attack ({norm})"
+                     + ("" if detailed else ", worst case over attacks per defense"))
+        if detailed:
+            ax.legend(fontsize=7, loc="upper right")
+        else:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        fig.tight_layout()
+        p = out / f"curves_{dataset}_{norm}.png"
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def plot_auc(t: Tables, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths: list[Path] = []
+    if t.attacks.empty:
+        return paths
+    for dataset, part in _per_seed(t.board).groupby("dataset", sort=False):
+        seeded = "seed" in part and part["seed"].nunique() > 1
+        rows = [(r, _group_attacks(t, r)) for _, r in part.iterrows()]
+        names = list(dict.fromkeys(_column(a) for _, g in rows for _, a in g.iterrows() if not _isnan(a["auc"])))
+        if not names:
+            continue
+        labels = [f"{r['defense']} ({r['norm']}{f', seed {int(r.seed)}' if seeded else ''})" for r, _ in rows]
+        mat = np.full((len(rows), len(names) + 1), np.nan)
+        for i, (r, g) in enumerate(rows):
+            for _, a in g.iterrows():
+                if _column(a) in names:
+                    mat[i, names.index(_column(a))] = a["auc"]
+            mat[i, -1] = r["auc"]
+        names = names + [WORST]
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 0.5 * len(labels) + 1.8))
+        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for i in range(mat.shape[0]):
+            for j in range(mat.shape[1]):
+                if not math.isnan(mat[i, j]):
+                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center",
+                            color="white" if mat[i, j] < 0.6 else "black", fontsize=8)
+        ax.set_title(f"{dataset}: AUC of robust accuracy over the epsilon grid")
+        fig.colorbar(im, ax=ax, fraction=0.04)
+        fig.tight_layout()
+        p = out / f"auc_{dataset}.png"
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_reports(store: Store, out: Path, headline: Headline = None,
+                  table_eps: list[float] | dict[str, list[float]] | None = None) -> dict[str, Path]:
+    """Write every report file under ``out``; return their paths by kind. ``table_eps`` (every
+    norm, or per norm; default: what the sweeps asked for) adds the per-eps tables."""
+    out = Path(out)
+    t = build_tables(store, headline)
+    if table_eps is None:
+        table_eps = _table_eps_from_runs(store)
+    elif not isinstance(table_eps, dict):
+        table_eps = {n: list(table_eps) for n in set(t.curves["norm"])} if not t.curves.empty else {}
+    curves = t.curves
+    prov = _provenance(store)
+    paths: dict[str, Path] = {}
+    if curves.empty:
+        return paths
+    with atomic_path(out / "curves.csv") as tmp:
+        curves.to_csv(tmp, index=False, float_format="%.10g")
+    with atomic_path(out / "leaderboard.csv") as tmp:
+        t.board.to_csv(tmp, index=False, float_format="%.10g")
+    with atomic_path(out / "attacks.csv") as tmp:
+        t.attacks.to_csv(tmp, index=False, float_format="%.10g")
+    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov, table_eps, _table_attacks_from_runs(store)))
+    write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
+    paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
+                 markdown=out / "leaderboard.md", json=out / "leaderboard.json")
+    images = []
+    for i, p in enumerate(plot_curves(curves, out)):
+        paths[f"plot{i}"] = p
+        images.append(p)
+    for i, p in enumerate(plot_auc(t, out)):
+        paths[f"auc{i}"] = p
+        images.append(p)
+    from robustbench_er.report.html import leaderboard_html
+
+    write_text_atomic(out / "leaderboard.html", leaderboard_html(t, prov, images))
+    paths["html"] = out / "leaderboard.html"
+    return paths

@@ -1,0 +1,1 @@
+"""The results store (SQLite) and its leases; imports only the core."""

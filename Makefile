@@ -29,6 +29,7 @@ demo: install
 test: install-dev
 	$(BIN)/ruff check robustbench_er defenses attacks detectors analyses tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: install-dev

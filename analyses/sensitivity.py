@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.inputs.config import parse_eps
+from robustbench_er.core.text import parse_eps
 from robustbench_er.models.defended import device_of
 from robustbench_er.plugins.analysis import (
     Analysis,

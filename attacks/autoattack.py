@@ -48,11 +48,11 @@ from typing import Any, ClassVar
 import torch
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.norms import clip_to_ball
 from robustbench_er.plugins.attack import (
     AttackParams,
     FixedEpsilonAttack,
     added_field,
-    clip_to_ball,
     draw_seed,
     eps_groups,
     seeded,

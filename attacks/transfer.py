@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.inputs.config import check_dataclass_values
+from robustbench_er.core.text import check_dataclass_values
 from robustbench_er.models.defended import device_of
 from robustbench_er.plugins.attack import Attack, AttackParams, FixedEpsilonAttack
 from robustbench_er.plugins.defense import DefendedModel

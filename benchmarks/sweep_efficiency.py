@@ -67,8 +67,9 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
 
     import foolbox as fb
 
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, parse_eps, run_sweep
+    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, parse_eps
     from robustbench_er.engine.trained import get_or_train
+    from robustbench_er.jobs.sweep import run_sweep
 
     torch.manual_seed(0)
     trained = get_or_train(defense, data, out=Path(args.out), progress=False)

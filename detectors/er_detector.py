@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_er.engine.detection import Detector, batched, torch_kde_logdensity
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.detector import Detector, batched, torch_kde_logdensity
 from robustbench_er.plugins.registry import register_detector
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustbench_er.engine.detection import Detector, batched, torch_kde_logdensity
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.detector import Detector, batched, torch_kde_logdensity
 from robustbench_er.plugins.registry import register_detector
 
 BANDWIDTH = {"cifar10": 0.26, "cifar100": 0.26, "stl10": 0.26, "tiny-imagenet": 0.26}

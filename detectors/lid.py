@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustbench_er.engine.detection import Detector
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.detector import Detector
 from robustbench_er.plugins.registry import register_detector
 
 

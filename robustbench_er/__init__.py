@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from robustbench_er import _compat
+from robustbench_er.core.version import __version__ as __version__
 
 _compat.install()  # robustbench_er.<module> of 0.1's flat core still imports, with a warning
 
-__version__ = "0.1.0"
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 
 if TYPE_CHECKING:

@@ -89,8 +89,8 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
     folder, everything is written there as the CLI writes it, and a rerun resumes.
     """
     from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.sweep import run_sweep
     from robustbench_er.inputs.config import parse_experiment
+    from robustbench_er.jobs.sweep import run_sweep
 
     if not isinstance(model, nn.Module):
         raise UserInputError(f"model must be a torch.nn.Module, not {type(model).__name__}.")

@@ -44,8 +44,8 @@ def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
 
 def parse_attack(text: str) -> Any:
     """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
+    from robustbench_er.core.text import parse_attack_text
     from robustbench_er.engine.sweep import AttackConfig
-    from robustbench_er.inputs.config import parse_attack_text
 
     try:
         d = parse_attack_text(text)
@@ -66,7 +66,7 @@ def experiment_configs(raw: dict[str, Any], *, out: str | None, device: str | No
 
 def _run_config(cfg: Any, command: str, quiet: bool) -> int:
     from robustbench_er.core.metrics import pretty_eps
-    from robustbench_er.engine.sweep import run_sweep
+    from robustbench_er.jobs.sweep import run_sweep
 
     def on_train(name: str, trained: Any) -> None:
         how = "reused" if trained.reused else f"trained in {trained.meta.get('train_seconds') or 0:.0f}s"
@@ -134,9 +134,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pydantic import TypeAdapter, ValidationError
 
     from robustbench_er.core.device import resolve_device
+    from robustbench_er.core.text import parse_sets
     from robustbench_er.data.datasets import load_dataset
     from robustbench_er.engine.trained import get_or_train
-    from robustbench_er.inputs.config import check_device, check_output_folder, parse_sets
+    from robustbench_er.inputs.config import check_device, check_output_folder
 
     try:
         seed = TypeAdapter(int).validate_python(args.seed or 0)
@@ -157,7 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
     """The ``sweep`` command's flags as the keys of an experiment (None = not given)."""
-    from robustbench_er.inputs.config import parse_sets, split_top_level
+    from robustbench_er.core.text import parse_sets, split_top_level
 
     sets = parse_sets(args.set)
     defenses: Any = args.defense
@@ -215,22 +216,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
     """Enter every ``robustbench:<ModelName>`` of ``--defense`` as a one-off defense (its
     architecture only; the weights are read once the whole sweep is checked)."""
-    from robustbench_er.data.datasets import SPECS
-    from robustbench_er.inputs.config import split_top_level
+    from robustbench_er.core.norms import canonical_norm
+    from robustbench_er.core.text import split_top_level
+    from robustbench_er.data.datasets import DATASETS, dataset_spec
     from robustbench_er.jobs import zoo
     from robustbench_er.jobs.imported import given_defense, registered
-    from robustbench_er.plugins.attack import canonical_norm
     from robustbench_er.plugins.registry import normalize
 
     names = [d for d in split_top_level(args.defense or "") if zoo.is_zoo(d)]
     for z in names:
-        if args.dataset not in SPECS:
+        if args.dataset not in DATASETS:
             raise UserInputError(f"--dataset: unknown dataset {args.dataset!r}.")
         if args.model_dir is None:
             raise UserInputError(f"--defense {z!r} needs --model-dir DIR (RobustBench's layout:"
                                  " DIR/<dataset>/<threat model>/<ModelName>.pt).")
         net = zoo.zoo_architecture(z.strip()[len(zoo.PREFIX):], args.dataset, canonical_norm(args.norm or "Linf"))
-        cls = given_defense(normalize(z), args.dataset, net, classes=SPECS[args.dataset].classes)
+        cls = given_defense(normalize(z), args.dataset, net, classes=dataset_spec(args.dataset, getattr(args, "data_dir", None)).classes)
         stack.enter_context(registered(z, cls, origin="RobustBench's model zoo"))
     return names
 
@@ -344,14 +345,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> None:
-    from robustbench_er.data.datasets import SPECS
+    from robustbench_er.data.datasets import dataset_spec
     from robustbench_er.report.study import study_variants, write_study
 
     variants = set(study_variants(study))
     for cfg in configs:
         if variants & set(cfg.defenses):
-            spec = SPECS.get(cfg.dataset)
-            headline = cfg.headline if cfg.headline is not None else spec.headline.get(cfg.norm) if spec else None
+            spec = dataset_spec(cfg.dataset, cfg.data_dir)
+            headline = cfg.headline if cfg.headline is not None else spec.headline.get(cfg.norm)
             for p in write_study(cfg.out, study, headline, _command()).values():
                 _print(str(p), quiet)
 
@@ -376,7 +377,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _floats_or_none(text: str | None) -> list[float] | None:
-    from robustbench_er.inputs.config import parse_eps
+    from robustbench_er.core.text import parse_eps
 
     if not text:
         return None
@@ -388,8 +389,8 @@ def _floats_or_none(text: str | None) -> list[float] | None:
 
 def _headline_arg(text: str | None) -> Any:
     """``0.3`` (every norm) or ``Linf=0.3,L2=2`` (per norm) -> what write_reports takes."""
-    from robustbench_er.inputs.config import parse_number
-    from robustbench_er.plugins.attack import canonical_norm
+    from robustbench_er.core.norms import canonical_norm
+    from robustbench_er.core.text import parse_number
 
     if not text:
         return None
@@ -435,7 +436,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from robustbench_er.core.metrics import L2_UNITS
-    from robustbench_er.inputs.config import DEVICE_HELP, MODES, SEARCHES, SweepSpec
+    from robustbench_er.engine.sweep import MODES, SEARCHES
+    from robustbench_er.inputs.config import DEVICE_HELP, SweepSpec
 
     default = {k: f.default for k, f in SweepSpec.model_fields.items()}
     p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
@@ -576,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from robustbench_er import __version__
+    from robustbench_er.core.version import __version__
 
     return __version__
 

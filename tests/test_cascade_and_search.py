@@ -12,13 +12,8 @@ import pytest
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import curve
-from robustbench_er.engine.sweep import (
-    AttackConfig,
-    SweepConfig,
-    _Interrupt,
-    bisect_state,
-    run_sweep,
-)
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, bisect_state
+from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.store.results import Store
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_er.engine import checks
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.models.pgd import pgd
 from robustbench_er.plugins.attack import Attack, AttackParams
 from robustbench_er.plugins.defense import DefendedModel, Defense, HParams

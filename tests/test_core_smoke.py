@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from robustbench_er.core.norms import perturbation_norm
 from robustbench_er.models.pgd import pgd
-from robustbench_er.plugins.attack import perturbation_norm, verify
+from robustbench_er.plugins.attack import verify
 
 
 def test_none_learns_digits(none_digits):

@@ -13,8 +13,9 @@ from torch import nn
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.engine import checks
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig
 from robustbench_er.engine.trained import get_or_train
+from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.plugins.attack import verify
 from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
 from robustbench_er.plugins.registry import DEFENSES, get_attack, get_defense, register_defense

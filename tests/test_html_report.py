@@ -9,7 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, run_sweep
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.jobs.sweep import run_sweep
 
 
 @pytest.fixture(scope="module")

@@ -183,10 +183,11 @@ def _cfg(out, **kw):
 
 def test_held_cell_is_deferred_and_taken_over_when_its_lease_expires(two_models, tmp_path, monkeypatch):
     from robustbench_er.engine import sweep
+    from robustbench_er.jobs.sweep import run_sweep
 
     a, _ = two_models
     monkeypatch.setattr(sweep, "LEASE_POLL", 0.2)
-    solo = sweep.run_sweep(_cfg(tmp_path / "solo", checkpoints={"none": str(a.folder)}))
+    solo = run_sweep(_cfg(tmp_path / "solo", checkpoints={"none": str(a.folder)}))
     s = Store(tmp_path / "solo")
     cells = list(s.cells_frame()["cell_id"])  # the same spec gives the same ids in any folder
     s.close()
@@ -198,8 +199,8 @@ def test_held_cell_is_deferred_and_taken_over_when_its_lease_expires(two_models,
     assert store.leases.claim(cells[1], "slow:2:y", ttl=1.5)
     expiry = store.leases.holder(cells[1])["expires"]
     finished: dict[str, float] = {}
-    got = sweep.run_sweep(_cfg(out, checkpoints={"none": str(a.folder)}),
-                          on_cell=lambda s: finished.setdefault(s.attack, time.time()))
+    got = run_sweep(_cfg(out, checkpoints={"none": str(a.folder)}),
+                    on_cell=lambda s: finished.setdefault(s.attack, time.time()))
     assert list(finished) == ["fgsm", "pgd"] and finished["pgd"] >= expiry
     assert [s.cell_id for s in got] == cells and [s.robust for s in got] == [s.robust for s in solo]
     assert all(store.leases.holder(c) is None for c in cells)

@@ -167,7 +167,7 @@ def _detect_defense(name: str) -> str:
 def _attack_text(text: str, train: bool = False) -> str:
     """An attack of a detection job (``cw(eps=0.004,confidence=20)``) with its length capped
     (a training C&W: DETECT_CW)."""
-    from robustbench_er.inputs.config import parse_attack_text
+    from robustbench_er.core.text import parse_attack_text
 
     a = _attack_entry(parse_attack_text(text))
     if train and a["name"] == "cw":
@@ -177,7 +177,7 @@ def _attack_text(text: str, train: bool = False) -> str:
 
 def _analysis_text(text: str) -> str:
     """An analysis (``tsne(eps=0.03)``) with its length capped (SHRINK_ANALYSIS)."""
-    from robustbench_er.inputs.config import parse_attack_text, parse_eps
+    from robustbench_er.core.text import parse_attack_text, parse_eps
     from robustbench_er.plugins.registry import get_analysis
 
     a = parse_attack_text(text)
@@ -194,7 +194,7 @@ def _analysis_text(text: str) -> str:
 
 def shrink(raw: dict[str, Any], data_dir: Path, out: Path) -> dict[str, Any]:
     """The experiment file with its schedules shrunk for a CPU smoke run on a tiny folder."""
-    from robustbench_er.inputs.config import parse_attack_text
+    from robustbench_er.core.text import parse_attack_text
 
     raw = copy.deepcopy(raw)
     raw.update(data_dir=str(data_dir), out=str(out), samples=POINTS, batch_size=8)

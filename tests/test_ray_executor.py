@@ -11,7 +11,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 from robustbench_er.core.errors import UserInputError  # noqa: E402
 from robustbench_er.engine.executor import CRASH_ONCE_ENV  # noqa: E402
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, run_sweep  # noqa: E402
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt  # noqa: E402
+from robustbench_er.jobs.sweep import run_sweep  # noqa: E402
 from robustbench_er.store.results import Store  # noqa: E402
 
 RAY = {"kind": "ray", "threads_per_task": 1}

@@ -8,8 +8,9 @@ from torch import nn
 
 from robustbench_er.attacks.rays import RayS
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.norms import perturbation_norm
 from robustbench_er.models.pgd import pgd
-from robustbench_er.plugins.attack import perturbation_norm, verify
+from robustbench_er.plugins.attack import verify
 from robustbench_er.plugins.defense import DefendedModel
 from robustbench_er.plugins.registry import get_attack
 

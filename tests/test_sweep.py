@@ -11,14 +11,9 @@ import pytest
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import auc, worst_case
-from robustbench_er.engine.sweep import (
-    AttackConfig,
-    SweepConfig,
-    _Interrupt,
-    parse_eps,
-    run_sweep,
-    validate_grid,
-)
+from robustbench_er.core.text import parse_eps
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, validate_grid
+from robustbench_er.jobs.sweep import run_sweep
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
 

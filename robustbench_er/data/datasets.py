@@ -27,13 +27,29 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.plugins.registry import DATASETS, register_dataset
+from robustbench_er.core.registry import Registry, register_with
 
+T = TypeVar("T")
+
+
+def _validate_dataset(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"Dataset {name!r} must be registered with a loader function.")
+
+
+#: dataset loaders by name: the built-ins below and plugins (entry-point group ``robustbench_er.datasets``)
+DATASETS: Registry[Any] = Registry("dataset", "robustbench_er.datasets", _validate_dataset)
+
+
+def register_dataset(name: str) -> Callable[[T], T]:
+    """Function decorator for a dataset loader ``(data_dir, download) -> Dataset``."""
+    return register_with(DATASETS, name)
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -193,3 +209,12 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False)
     if key not in _CACHE:
         _CACHE[key] = loader(data_dir=data_dir, download=download)
     return _CACHE[key]
+
+
+def dataset_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
+    """The spec (shape, classes, headline, normalisation) of any registered dataset: a built-in's
+    without reading it, a plugin dataset's from its loader (the one registry answers both)."""
+    key = name.strip().lower()
+    if key in SPECS:
+        return SPECS[key]
+    return load_dataset(name, data_dir).spec

@@ -35,11 +35,12 @@ import torch
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import L2_UNITS, to_norm, unit_scale
+from robustbench_er.core.norms import canonical_norm
 from robustbench_er.data.datasets import Dataset, load_dataset
 from robustbench_er.engine.trained import Trained, get_or_train
 from robustbench_er.models.checkpoints import spec_hash
 from robustbench_er.models.defended import DefendedModel, check_model_output
-from robustbench_er.plugins.attack import Attack, canonical_norm, verify
+from robustbench_er.plugins.attack import Attack, verify
 from robustbench_er.plugins.registry import (
     DEFENSES,
     defense_label,
@@ -130,32 +131,6 @@ def check_seeds(seeds: Sequence[Any] | None) -> list[int] | None:
     if len(set(seeds)) != len(seeds):
         raise UserInputError(f"Seeds must be distinct; got {list(seeds)!r}.")
     return [int(s) for s in seeds]
-
-
-def parse_eps(text: str | Sequence[float]) -> list[float]:
-    """``"0:0.4:0.025"`` (inclusive) or ``"0,0.1,8/255"`` or a list -> a list of floats."""
-    if not isinstance(text, str):
-        return [float(v) for v in text]
-    text = text.strip()
-    try:
-        if ":" in text:
-            parts = [_number(p) for p in text.split(":")]
-            if len(parts) != 3 or parts[2] <= 0:
-                raise UserInputError(f"--eps START:STOP:STEP needs three numbers with STEP > 0; got {text!r}.")
-            start, stop, step = parts
-            k = int(math.floor((stop - start) / step + 1e-9))
-            return [round(start + i * step, 12) for i in range(k + 1)]
-        return [_number(p) for p in text.split(",") if p.strip()]
-    except ValueError as exc:
-        raise UserInputError(f"Cannot read the epsilon grid {text!r}; use START:STOP:STEP or a,b,c (8/255 allowed).") from exc
-
-
-def _number(s: str) -> float:
-    s = s.strip()
-    if "/" in s:
-        a, b = s.split("/", 1)
-        return float(a) / float(b)
-    return float(s)
 
 
 def validate_grid(grid: Sequence[float], norm: str, dim: int | None = None) -> list[float]:
@@ -518,7 +493,7 @@ class _Interrupt(Exception):
 def grid_index_at_or_above(grid: Sequence[float], value: float) -> int:
     """Index of the smallest grid epsilon whose ball holds a perturbation of norm ``value``
     (within the verifier's float tolerance); ``len(grid)`` if none does."""
-    from robustbench_er.plugins.attack import NORM_ATOL, NORM_RTOL
+    from robustbench_er.core.norms import NORM_ATOL, NORM_RTOL
 
     for i, g in enumerate(grid):
         if value <= g * (1 + NORM_RTOL) + NORM_ATOL:
@@ -768,15 +743,15 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                        float(info.get("seconds") or 0.0), resumed, int(cell.seed))
 
 
-def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
-              on_train: Callable[[str, Trained], None] | None = None,
-              on_skip: Callable[[str, str, str], None] | None = None,
-              stop_after_steps: int | None = None) -> list[CellSummary]:
-    """Plan, run every cell (resuming finished steps), run the checks, write the reports."""
+def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
+                  on_train: Callable[[str, Trained], None] | None = None,
+                  on_skip: Callable[[str, str, str], None] | None = None,
+                  stop_after_steps: int | None = None) -> tuple[list[CellSummary], dict[str, float] | None]:
+    """Plan, run every cell (resuming finished steps) and run the checks; return the cells'
+    summaries and the headline epsilon per norm for the reports (``jobs.sweep`` writes them)."""
     from robustbench_er.engine.checks import run_cell_checks
     from robustbench_er.engine.executor import make_executor
     from robustbench_er.models.checkpoints import versions
-    from robustbench_er.report.tables import write_reports
 
     out = Path(cfg.out)
     prep = prepare(cfg)
@@ -831,7 +806,6 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
         summaries = [done[c.cell_id] for c in cells]
         store.finish_run(run_id)
         hl = config.get("headline_eps")
-        write_reports(store, out, headline={canonical_norm(cfg.norm): hl} if hl is not None else None)
-        return summaries
+        return summaries, ({canonical_norm(cfg.norm): hl} if hl is not None else None)
     finally:
         store.close()

@@ -41,13 +41,9 @@ class AnalysisPlan:
 
 def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) -> AnalysisPlan:
     """Check an analysis job's keys; one sentence on the first bad one, nothing written."""
+    from robustbench_er.core.text import parse_attack_text, parse_sets
     from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.inputs.config import (
-        check_device,
-        check_output_folder,
-        parse_attack_text,
-        parse_sets,
-    )
+    from robustbench_er.inputs.config import check_device, check_output_folder
     from robustbench_er.jobs.detect import _names
     from robustbench_er.plugins.registry import get_analysis, get_defense
 

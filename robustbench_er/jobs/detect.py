@@ -39,7 +39,7 @@ class DetectionPlan:
 
 
 def _names(v: Any, label: str) -> list[str]:
-    from robustbench_er.inputs.config import split_top_level
+    from robustbench_er.core.text import split_top_level
 
     items = split_top_level(v) if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
     items = [str(i).strip() for i in items if str(i).strip()]
@@ -60,17 +60,12 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
     def at(key: str) -> str:
         return CLI_FLAGS.get(key, "--" + key.replace("_", "-")) if cli else f"{where}{key}"
 
+    from robustbench_er.core.norms import canonical_norm
+    from robustbench_er.core.text import parse_attack_text, parse_eps, parse_sets
     from robustbench_er.data.datasets import load_dataset
     from robustbench_er.engine.detection import DetectionSetup, threat
     from robustbench_er.engine.sweep import AttackConfig, make_attack
-    from robustbench_er.inputs.config import (
-        check_device,
-        check_output_folder,
-        parse_attack_text,
-        parse_eps,
-        parse_sets,
-    )
-    from robustbench_er.plugins.attack import canonical_norm
+    from robustbench_er.inputs.config import check_device, check_output_folder
     from robustbench_er.plugins.registry import get_attack, get_defense, get_detector
 
     unknown = sorted(set(raw) - set(DETECT_KEYS))

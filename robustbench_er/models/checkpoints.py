@@ -55,7 +55,7 @@ def _weights_hash(state: dict[str, torch.Tensor]) -> str:
 def versions() -> dict[str, str]:
     import numpy
 
-    from robustbench_er import __version__
+    from robustbench_er.core.version import __version__
 
     return {"robustbench_er": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}

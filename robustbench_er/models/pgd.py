@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.norms import clip_to_ball
 from robustbench_er.models.defended import DefendedModel
-from robustbench_er.plugins.attack import clip_to_ball
 
 
 def margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from robustbench_er.core.norms import clip_to_ball
 from robustbench_er.models.defended import DefendedModel
 from robustbench_er.models.training import eval_mode
-from robustbench_er.plugins.attack import LibraryModel, clip_to_ball, draw_seed, eps_groups, seeded
+from robustbench_er.plugins.attack import LibraryModel, draw_seed, eps_groups, seeded
 
 
 def run_foolbox_minimization(fb_attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, *,

@@ -97,7 +97,7 @@ class Analysis:
     def __init__(self, **params: Any) -> None:
         import dataclasses
 
-        from robustbench_er.inputs.config import check_dataclass_values
+        from robustbench_er.core.text import check_dataclass_values
 
         known = [f.name for f in dataclasses.fields(self.Params)]
         for key in params:

@@ -45,30 +45,17 @@ import torch
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.identity import added_field as added_field
 from robustbench_er.core.identity import identity_params, with_version
+from robustbench_er.core.norms import NORM_ATOL, NORM_RTOL, NORMS, perturbation_norm
+
+# re-exported: plugins written against 0.1 import these from the attack contract
+from robustbench_er.core.norms import canonical_norm as canonical_norm
+from robustbench_er.core.norms import clip_to_ball as clip_to_ball
 from robustbench_er.models.defended import DefendedModel
 
-NORMS = ("Linf", "L2", "L1")
 KINDS = ("fixed", "min")
 #: what an attack needs from the target, most to least: gradients, scores (logits), decisions
 #: (labels), none (no query: its examples are crafted elsewhere, e.g. on a surrogate model)
 ACCESS = ("gradient", "score", "decision", "none")
-#: absolute slack allowed on the norm of a verified example (float32 rounding)
-NORM_ATOL = 1e-5
-NORM_RTOL = 1e-4
-
-
-_NORM_ALIASES = {"linf": "Linf", "inf": "Linf", "l_inf": "Linf", "l2": "L2", "2": "L2", "l_2": "L2",
-                 "l1": "L1", "1": "L1", "l_1": "L1"}
-
-
-def canonical_norm(norm: str) -> str:
-    """``"linf"``, ``"inf"`` or ``"Linf"`` -> ``"Linf"``; likewise L2 and L1."""
-    key = str(norm).strip().lower()
-    if key not in _NORM_ALIASES:
-        raise UserInputError(f"Unknown norm {norm!r}; use one of {', '.join(NORMS)}.")
-    return _NORM_ALIASES[key]
-
-
 @dataclass
 class AttackParams:
     """Parameters every attack accepts."""
@@ -263,17 +250,6 @@ def validate_attack_class(name: str, obj: Any) -> None:
         raise TypeError(f"Attack {name!r}: needs_models must be a tuple of names of its Params fields.")
 
 
-def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.reshape(len(delta), -1)
-    if norm == "Linf":
-        return flat.abs().amax(1) if flat.shape[1] else torch.zeros(len(delta))
-    if norm == "L2":
-        return flat.norm(p=2, dim=1)
-    if norm == "L1":
-        return flat.abs().sum(1)
-    raise UserInputError(f"Unknown norm {norm!r}.")
-
-
 @torch.no_grad()
 def verify(model: DefendedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor, norm: str,
            eps: torch.Tensor | None = None, n_passes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,21 +272,6 @@ def verify(model: DefendedModel, x: torch.Tensor, x_adv: torch.Tensor, y: torch.
     pred = model.predict_label(x_adv, n_passes=n_passes)
     ok &= pred != y
     return ok, norms
-
-
-def clip_to_ball(x: torch.Tensor, x_adv: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
-    """Project ``x_adv`` into the ``norm`` ball of radius ``eps`` (per sample) around ``x`` and [0, 1].
-
-    Exact for Linf and L2; for L1 it rescales (a feasible point, not the Euclidean projection).
-    """
-    delta = x_adv - x
-    e = eps.view(-1, *([1] * (x.ndim - 1))).to(x)
-    if norm == "Linf":
-        delta = torch.maximum(torch.minimum(delta, e), -e)
-    else:
-        n = perturbation_norm(delta, norm).view_as(e).clamp_min(1e-12)
-        delta = delta * torch.clamp(e / n, max=1.0)
-    return (x + delta).clamp(0, 1)
 
 
 # --- helpers for adapters of third-party attack libraries (pyautoattack, foolbox, torchattacks) ---

@@ -90,7 +90,7 @@ class Defense:
             raise UserInputError(
                 f"Defense {cls.name!r} has no {profile!r} preset for {dataset!r}; it has {', '.join(sorted(per))}."
             )
-        from robustbench_er.inputs.config import check_dataclass_values
+        from robustbench_er.core.text import check_dataclass_values
 
         values = dict(per[profile])
         fields = {f.name: f for f in dataclasses.fields(cls.HParams)}

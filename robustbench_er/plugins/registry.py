@@ -1,4 +1,5 @@
-"""Name-keyed registries for defenses, attacks and datasets.
+"""Name-keyed registries for defenses, attacks, detectors and analyses (datasets: their registry is
+the data layer's, :data:`robustbench_er.data.datasets.DATASETS`, re-exported here).
 
 A registry is a dict behind a decorator. Built-in plugins and third-party plugins enter the
 same way: each is a module declared in an entry-point group (``robustbench_er.defenses``,
@@ -11,97 +12,22 @@ rather than an hour into a sweep. A duplicate name raises.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 import importlib
 import importlib.util
-import logging
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.registry import Registry, register_with
 
-log = logging.getLogger(__name__)
+# re-exported: one registry per kind, datasets' in the data layer
+from robustbench_er.core.registry import normalize as normalize
+from robustbench_er.data.datasets import DATASETS as DATASETS
+from robustbench_er.data.datasets import register_dataset as register_dataset
+
 T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    """A dict of named plugins with validation, wildcard listing and entry-point discovery."""
-
-    def __init__(self, kind: str, group: str, validate: Callable[[str, Any], None]) -> None:
-        self.kind = kind
-        self.group = group
-        self._validate = validate
-        self._items: dict[str, T] = {}
-        self._discovered = False
-        self._origin: dict[str, str] = {}
-
-    def register(self, name: str, obj: T, origin: str = "") -> T:
-        key = normalize(name)
-        if not key:
-            raise ValueError(f"A {self.kind} needs a non-empty name.")
-        if key in self._items:
-            raise ValueError(
-                f"The {self.kind} name {key!r} is already registered"
-                f" (by {self._origin.get(key) or 'an earlier plugin'}); pick another name."
-            )
-        self._validate(key, obj)
-        self._items[key] = obj
-        self._origin[key] = origin or getattr(obj, "__module__", "")
-        return obj
-
-    def unregister(self, name: str) -> None:
-        key = normalize(name)
-        self._items.pop(key, None)
-        self._origin.pop(key, None)
-
-    def discover(self) -> None:
-        """Import every module declared in this registry's entry-point group once."""
-        if self._discovered:
-            return
-        self._discovered = True
-        for ep in entry_points(group=self.group):
-            if normalize(ep.name) in self._items:
-                continue
-            try:
-                loaded = ep.load()
-            except ModuleNotFoundError as exc:
-                log.warning("%s plugin %r (%s) is declared but not importable: %s", self.kind, ep.name, ep.value, exc)
-                continue
-            except Exception as exc:  # a broken third-party plugin must not hide the others
-                log.warning("could not load %s plugin %r (%s): %s", self.kind, ep.name, ep.value, exc)
-                continue
-            if normalize(ep.name) not in self._items and not isinstance(loaded, type(sys)):
-                self.register(ep.name, loaded, origin=ep.value)
-
-    def get(self, name: str) -> T:
-        self.discover()
-        key = normalize(name)
-        if key in self._items:
-            return self._items[key]
-        close = difflib.get_close_matches(key, list(self._items), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(self._items)) or "none"
-        raise UserInputError(f"Unknown {self.kind} {name!r}.{hint} Known: {known}.")
-
-    def names(self, pattern: str = "*") -> list[str]:
-        self.discover()
-        pat = normalize(pattern) or "*"
-        return sorted(n for n in self._items if fnmatch.fnmatchcase(n, pat))
-
-    def __contains__(self, name: object) -> bool:
-        self.discover()
-        return isinstance(name, str) and normalize(name) in self._items
-
-    def origin(self, name: str) -> str:
-        return self._origin.get(normalize(name), "")
-
-
-def normalize(name: str) -> str:
-    return name.strip().lower()
 
 
 def _validate_defense(name: str, obj: Any) -> None:
@@ -117,7 +43,7 @@ def _validate_attack(name: str, obj: Any) -> None:
 
 
 def _validate_detector(name: str, obj: Any) -> None:
-    from robustbench_er.engine.detection import validate_detector_class
+    from robustbench_er.plugins.detector import validate_detector_class
 
     validate_detector_class(name, obj)
 
@@ -128,41 +54,25 @@ def _validate_analysis(name: str, obj: Any) -> None:
     validate_analysis_class(name, obj)
 
 
-def _validate_dataset(name: str, obj: Any) -> None:
-    if not callable(obj):
-        raise TypeError(f"Dataset {name!r} must be registered with a loader function.")
-
-
 DEFENSES: Registry[Any] = Registry("defense", "robustbench_er.defenses", _validate_defense)
 ATTACKS: Registry[Any] = Registry("attack", "robustbench_er.attacks", _validate_attack)
-DATASETS: Registry[Any] = Registry("dataset", "robustbench_er.datasets", _validate_dataset)
 DETECTORS: Registry[Any] = Registry("detector", "robustbench_er.detectors", _validate_detector)
 ANALYSES: Registry[Any] = Registry("analysis", "robustbench_er.analyses", _validate_analysis)
 
 
-def _decorator(reg: Registry[Any], name: str) -> Callable[[T], T]:
-    def deco(obj: T) -> T:
-        reg.register(name, obj)
-        if isinstance(obj, type) and not obj.__dict__.get("name"):
-            obj.name = normalize(name)  # type: ignore[attr-defined]
-        return obj
-
-    return deco
-
-
 def register_defense(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register_defense("trades")`` on a :class:`~robustbench_er.plugins.defense.Defense`."""
-    return _decorator(DEFENSES, name)
+    return register_with(DEFENSES, name)
 
 
 def register_attack(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register_attack("pgd")`` on an :class:`~robustbench_er.plugins.attack.Attack`."""
-    return _decorator(ATTACKS, name)
+    return register_with(ATTACKS, name)
 
 
 def register_detector(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register_detector("kd")`` on a :class:`~robustbench_er.engine.detection.Detector`."""
-    return _decorator(DETECTORS, name)
+    return register_with(DETECTORS, name)
 
 
 def get_detector(name: str) -> Any:
@@ -175,7 +85,7 @@ def list_detectors(pattern: str = "*") -> list[str]:
 
 def register_analysis(name: str) -> Callable[[T], T]:
     """Class decorator: ``@register_analysis("sparsity")`` on a :class:`~robustbench_er.plugins.analysis.Analysis`."""
-    return _decorator(ANALYSES, name)
+    return register_with(ANALYSES, name)
 
 
 def get_analysis(name: str) -> Any:
@@ -186,17 +96,12 @@ def list_analyses(pattern: str = "*") -> list[str]:
     return ANALYSES.names(pattern)
 
 
-def register_dataset(name: str) -> Callable[[T], T]:
-    """Function decorator for a dataset loader ``(data_dir, download) -> Dataset``."""
-    return _decorator(DATASETS, name)
-
-
 def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     """``er-classifier[embed_dim=8,prior=cauchy]`` -> ``("er-classifier", {"embed_dim": 8, "prior": "cauchy"})``;
     a plain name -> ``(name, {})``. Values are read as YAML (``8`` an int, ``0.1`` a float)."""
     import re
 
-    from robustbench_er.inputs.config import split_top_level, yaml_value
+    from robustbench_er.core.text import split_top_level, yaml_value
 
     m = re.fullmatch(r"\s*([\w.-]+)\s*\[(.*)\]\s*", name)
     if not m:
@@ -257,8 +162,6 @@ def get_attack(name: str) -> Any:
 
 
 def get_dataset_loader(name: str) -> Any:
-    import robustbench_er.data.datasets  # noqa: F401  (registers the built-in datasets)
-
     return DATASETS.get(name)
 
 
@@ -271,8 +174,6 @@ def list_attacks(pattern: str = "*") -> list[str]:
 
 
 def list_datasets(pattern: str = "*") -> list[str]:
-    import robustbench_er.data.datasets  # noqa: F401
-
     return DATASETS.names(pattern)
 
 
@@ -295,7 +196,7 @@ def load_plugin_file(path: str | Path) -> list[str]:
         raise UserInputError(f"Plugin file {str(path)!r} does not exist.")
     for reg in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):
         reg.discover()
-    before = {r.kind: set(r._items) for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES)}
+    before = {r.kind: r.registered() for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES)}
     mod_name = f"robustbench_er_user_plugin_{p.stem}_{abs(hash(str(p.resolve()))) % 10**8}"
     if mod_name in sys.modules:
         return list(getattr(sys.modules[mod_name], "__registered__", []))
@@ -309,12 +210,12 @@ def load_plugin_file(path: str | Path) -> list[str]:
     except (Exception, SystemExit) as exc:  # any failure of the user's code is bad input, never a traceback
         del sys.modules[mod_name]
         for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):  # forget what the file registered before it failed
-            for n in set(r._items) - before[r.kind]:
+            for n in r.registered() - before[r.kind]:
                 r.unregister(n)
         raise UserInputError(f"Plugin file {str(path)!r} failed to load: {_one_line(exc)}.") from exc
     added = []
     for r in (DEFENSES, ATTACKS, DATASETS, DETECTORS, ANALYSES):
-        added += [f"{r.kind}:{n}" for n in set(r._items) - before[r.kind]]
+        added += [f"{r.kind}:{n}" for n in r.registered() - before[r.kind]]
     if not added:
         del sys.modules[mod_name]
         raise UserInputError(

@@ -58,7 +58,7 @@ def _headline_for(headline: Headline, norm: str) -> float | None:
 
 def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
     """The last per-eps table each norm's sweeps asked for (kept in the runs table)."""
-    from robustbench_er.plugins.attack import canonical_norm
+    from robustbench_er.core.norms import canonical_norm
 
     out: dict[str, list[float]] = {}
     for cfg in store.runs_frame()["config"]:
@@ -105,7 +105,7 @@ def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float],
 
 def _headlines_from_runs(store: Store) -> dict[str, float]:
     """The last headline each norm's sweeps asked for (kept in the runs table)."""
-    from robustbench_er.plugins.attack import canonical_norm
+    from robustbench_er.core.norms import canonical_norm
 
     out: dict[str, float] = {}
     for cfg in store.runs_frame()["config"]:

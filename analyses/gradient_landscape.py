@@ -25,16 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.analysis import (
+from robustbench_er.plugin import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
+    UserInputError,
+    device_of,
     figure,
+    register_analysis,
 )
-from robustbench_er.plugins.registry import register_analysis
 
 
 @register_analysis("gradient-landscape")

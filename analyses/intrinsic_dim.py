@@ -74,18 +74,18 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.analysis import (
+from robustbench_er.plugin import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
+    UserInputError,
     added_field,
+    device_of,
     embeddings,
     figure,
+    register_analysis,
 )
-from robustbench_er.plugins.registry import register_analysis
 
 SPACES = ("input", "embedding")
 ESTIMATORS = ("mackay-ghahramani", "levina-bickel", "hub-toolbox")

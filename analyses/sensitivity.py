@@ -25,19 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.text import parse_eps
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.analysis import (
+from robustbench_er.plugin import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
+    UserInputError,
+    device_of,
     embeddings,
     figure,
+    parse_eps,
     pgd_examples,
+    register_analysis,
 )
-from robustbench_er.plugins.registry import register_analysis
 
 
 @register_analysis("sensitivity")

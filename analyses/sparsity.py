@@ -35,17 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.analysis import (
+from robustbench_er.plugin import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
+    UserInputError,
+    device_of,
     embeddings,
     figure,
+    register_analysis,
 )
-from robustbench_er.plugins.registry import register_analysis
 
 
 def sparsity_of(z: np.ndarray, tol: float = 1e-6, variance: float = 0.99) -> dict[str, Any]:

@@ -28,18 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.analysis import (
+from robustbench_er.plugin import (
     Analysis,
     AnalysisContext,
     AnalysisParams,
     AnalysisResult,
+    UserInputError,
+    device_of,
     embeddings,
     figure,
     pgd_examples,
+    register_analysis,
 )
-from robustbench_er.plugins.registry import register_analysis
 
 
 def knn_agreement(ref: np.ndarray, ref_labels: np.ndarray, query: np.ndarray, query_labels: np.ndarray,

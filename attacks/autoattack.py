@@ -47,18 +47,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.norms import clip_to_ball
-from robustbench_er.plugins.attack import (
+from robustbench_er.plugin import (
     AttackParams,
+    DefendedModel,
     FixedEpsilonAttack,
+    UserInputError,
     added_field,
+    clip_to_ball,
     draw_seed,
     eps_groups,
+    register_attack,
     seeded,
 )
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
 
 log = logging.getLogger(__name__)
 

@@ -28,17 +28,17 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.plugins.adapters import run_foolbox_minimization
-from robustbench_er.plugins.attack import (
+from robustbench_er.plugin import (
     AttackParams,
+    DefendedModel,
     LibraryModel,
     MinimizationAttack,
+    UserInputError,
     draw_seed,
+    register_attack,
+    run_foolbox_minimization,
     seeded,
 )
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.plugins.adapters import run_foolbox_minimization
-from robustbench_er.plugins.attack import AttackParams, MinimizationAttack
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
+from robustbench_er.plugin import (
+    AttackParams,
+    DefendedModel,
+    MinimizationAttack,
+    UserInputError,
+    register_attack,
+    run_foolbox_minimization,
+)
 
 
 @dataclass

@@ -25,11 +25,15 @@ from typing import Any
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.plugins.adapters import run_torchattacks
-from robustbench_er.plugins.attack import AttackParams, FixedEpsilonAttack, LibraryModel
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
+from robustbench_er.plugin import (
+    AttackParams,
+    DefendedModel,
+    FixedEpsilonAttack,
+    LibraryModel,
+    UserInputError,
+    register_attack,
+    run_torchattacks,
+)
 
 
 @dataclass

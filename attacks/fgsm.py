@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from robustbench_er.models.pgd import pgd
-from robustbench_er.plugins.attack import AttackParams, FixedEpsilonAttack
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
+from robustbench_er.plugin import (
+    AttackParams,
+    DefendedModel,
+    FixedEpsilonAttack,
+    pgd,
+    register_attack,
+)
 
 
 @register_attack("fgsm")

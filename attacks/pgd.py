@@ -24,11 +24,14 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.pgd import pgd
-from robustbench_er.plugins.attack import AttackParams, FixedEpsilonAttack
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
+from robustbench_er.plugin import (
+    AttackParams,
+    DefendedModel,
+    FixedEpsilonAttack,
+    UserInputError,
+    pgd,
+    register_attack,
+)
 
 
 @dataclass

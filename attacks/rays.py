@@ -70,10 +70,13 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.plugins.attack import AttackParams, MinimizationAttack
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_attack
+from robustbench_er.plugin import (
+    AttackParams,
+    DefendedModel,
+    MinimizationAttack,
+    UserInputError,
+    register_attack,
+)
 
 #: the largest useful Linf distance on images in [0, 1]
 MAX_LINF = 1.0

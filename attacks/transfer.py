@@ -50,12 +50,17 @@ from typing import Any
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.text import check_dataclass_values
-from robustbench_er.models.defended import device_of
-from robustbench_er.plugins.attack import Attack, AttackParams, FixedEpsilonAttack
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import get_attack, register_attack
+from robustbench_er.plugin import (
+    Attack,
+    AttackParams,
+    DefendedModel,
+    FixedEpsilonAttack,
+    UserInputError,
+    check_dataclass_values,
+    device_of,
+    get_attack,
+    register_attack,
+)
 
 
 @dataclass

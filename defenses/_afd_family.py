@@ -11,12 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import DatasetSpec
 from robustbench_er.defenses._afd_nets import AFDNet
-from robustbench_er.models import build_backbone
-from robustbench_er.models.training import adversarial_batch
-from robustbench_er.plugins.defense import AdversarialHParams, DefendedModel, Defense
+from robustbench_er.plugin import (
+    AdversarialHParams,
+    DatasetSpec,
+    DefendedModel,
+    Defense,
+    UserInputError,
+    adversarial_batch,
+    build_backbone,
+)
 
 DA_LOSSES = ("softplus", "wgan")
 

@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import Dataset, DatasetSpec
 from robustbench_er.defenses._er_nets import (
     ENCODERS,
     ERNet,
@@ -23,12 +21,15 @@ from robustbench_er.defenses._er_nets import (
     check_prior,
     sample_prior,
 )
-from robustbench_er.models.training import adversarial_batch
-from robustbench_er.plugins.defense import (
+from robustbench_er.plugin import (
     AdversarialHParams,
+    Dataset,
+    DatasetSpec,
     DefendedModel,
     Defense,
     HParams,
+    UserInputError,
+    adversarial_batch,
     fit,
     make_optimizer,
 )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
+from robustbench_er.plugin import UserInputError
 
 PRIORS = ("gaussian", "uniform", "cauchy")
 ENCODERS = ("er_small", "er_mnist", "er_vgg19", "er_stl", "er_tiny")

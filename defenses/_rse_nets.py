@@ -29,8 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.models.paper_nets import PAPER_NETS
+from robustbench_er.plugin import PAPER_NETS, UserInputError
 
 
 class Noise(nn.Module):

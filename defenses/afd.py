@@ -50,12 +50,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import Dataset
 from robustbench_er.defenses._afd_family import AFDBase, afd_presets, lr_scale, make_opt, set_lrs
 from robustbench_er.defenses._afd_nets import AFDNet
-from robustbench_er.plugins.defense import DefendedModel, fit
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import Dataset, DefendedModel, UserInputError, fit, register_defense
 
 
 @register_defense("afd")

@@ -61,20 +61,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import Dataset, DatasetSpec
 from robustbench_er.defenses._gan_nets import Critic, Generator, gan_step_losses, gradient_penalty
-from robustbench_er.models.training import build_from_backbone
-from robustbench_er.plugins.defense import (
+from robustbench_er.plugin import (
+    Dataset,
+    DatasetSpec,
     DefendedModel,
     Defense,
     HParams,
+    UserInputError,
+    build_from_backbone,
     device_of,
     fit,
     make_optimizer,
+    register_defense,
     training_batches,
 )
-from robustbench_er.plugins.registry import register_defense
 
 GAN_LOSSES = ("wgan-gp", "dcgan")
 

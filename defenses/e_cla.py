@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from robustbench_er.defenses._er_family import ERFamily, ERHParams, er_presets
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import register_defense
 
 
 @dataclass

@@ -52,9 +52,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from robustbench_er.core.errors import UserInputError
 from robustbench_er.defenses._er_family import ERFamily, ERHParams, er_presets
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import UserInputError, register_defense
 
 
 @register_defense("er-classifier")

@@ -28,12 +28,15 @@ from typing import Any
 
 import torch
 
-from robustbench_er.core.errors import UserInputError
 from robustbench_er.defenses._er_family import ERFamily, ERHParams, er_presets
 from robustbench_er.defenses._er_nets import ERNet
-from robustbench_er.models.training import trades_adversarial, trades_loss
-from robustbench_er.plugins.defense import DefendedModel
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import (
+    DefendedModel,
+    UserInputError,
+    register_defense,
+    trades_adversarial,
+    trades_loss,
+)
 
 
 @dataclass

@@ -55,16 +55,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.data.datasets import Dataset, DatasetSpec
-from robustbench_er.models.training import adversarial_batch, build_from_backbone
-from robustbench_er.plugins.defense import (
+from robustbench_er.plugin import (
     AdversarialHParams,
+    Dataset,
+    DatasetSpec,
     DefendedModel,
     Defense,
+    adversarial_batch,
+    build_from_backbone,
     fit,
     make_optimizer,
+    register_defense,
 )
-from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

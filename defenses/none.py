@@ -27,10 +27,16 @@ from typing import Any
 
 from torch import nn
 
-from robustbench_er.data.datasets import Dataset, DatasetSpec
-from robustbench_er.models.training import build_from_backbone, train_clean
-from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import (
+    Dataset,
+    DatasetSpec,
+    DefendedModel,
+    Defense,
+    HParams,
+    build_from_backbone,
+    register_defense,
+    train_clean,
+)
 
 
 @dataclass

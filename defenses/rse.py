@@ -56,12 +56,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import Dataset, DatasetSpec
 from robustbench_er.defenses._rse_nets import RSE_BACKBONES, build_rse_net
-from robustbench_er.models.training import train_clean
-from robustbench_er.plugins.defense import DefendedModel, Defense, HParams
-from robustbench_er.plugins.registry import register_defense
+from robustbench_er.plugin import (
+    Dataset,
+    DatasetSpec,
+    DefendedModel,
+    Defense,
+    HParams,
+    UserInputError,
+    register_defense,
+    train_clean,
+)
 
 
 @dataclass

@@ -65,17 +65,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_er.core.errors import UserInputError
-from robustbench_er.data.datasets import Dataset, DatasetSpec
-from robustbench_er.models.training import build_from_backbone, trades_adversarial, trades_loss
-from robustbench_er.plugins.defense import (
+from robustbench_er.plugin import (
     AdversarialHParams,
+    Dataset,
+    DatasetSpec,
     DefendedModel,
     Defense,
+    UserInputError,
+    build_from_backbone,
     fit,
     make_optimizer,
+    register_defense,
+    trades_adversarial,
+    trades_loss,
 )
-from robustbench_er.plugins.registry import register_defense
 
 
 @dataclass

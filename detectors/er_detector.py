@@ -27,9 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustbench_er.models.defended import DefendedModel
-from robustbench_er.plugins.detector import Detector, batched, torch_kde_logdensity
-from robustbench_er.plugins.registry import register_detector
+from robustbench_er.plugin import (
+    DefendedModel,
+    Detector,
+    batched,
+    register_detector,
+    torch_kde_logdensity,
+)
 
 
 class _ERDetector(Detector):

@@ -20,9 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustbench_er.models.defended import DefendedModel
-from robustbench_er.plugins.detector import Detector, batched, torch_kde_logdensity
-from robustbench_er.plugins.registry import register_detector
+from robustbench_er.plugin import (
+    DefendedModel,
+    Detector,
+    batched,
+    register_detector,
+    torch_kde_logdensity,
+)
 
 BANDWIDTH = {"cifar10": 0.26, "cifar100": 0.26, "stl10": 0.26, "tiny-imagenet": 0.26}
 

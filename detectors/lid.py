@@ -19,9 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustbench_er.models.defended import DefendedModel
-from robustbench_er.plugins.detector import Detector
-from robustbench_er.plugins.registry import register_detector
+from robustbench_er.plugin import DefendedModel, Detector, register_detector
 
 
 def lid_mle(dist: torch.Tensor, k: int) -> torch.Tensor:

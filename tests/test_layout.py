@@ -1,6 +1,6 @@
 """The plugin layout: a plugin file holds one plugin and never imports another plugin's file.
 
-Shared machinery lives in the core (``robustbench_er``). A defense family may keep its shared
+Shared machinery lives in the core (``robustbench_er``), and the core names no plugin. A defense family may keep its shared
 code or networks in an underscore module beside its plugins (``defenses/_er_family.py``); such a
 module is not a plugin (no entry point) and is the only thing a plugin file may import from its
 folder.
@@ -15,7 +15,7 @@ import pytest
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("attacks", "defenses")
+FOLDERS = ("attacks", "defenses", "detectors", "analyses")
 
 
 def _imported_modules(path: Path) -> list[str]:
@@ -66,9 +66,45 @@ def test_the_check_catches_a_plugin_import(tmp_path: Path) -> None:
 
 def test_entry_points_name_plugins_and_no_shared_module() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
-    listed = {v.removeprefix("robustbench_er.") for group in ("robustbench_er.attacks", "robustbench_er.defenses")
+    listed = {v.removeprefix("robustbench_er.") for group in (f"robustbench_er.{f}" for f in FOLDERS)
               for v in project[group].values()}
     files = {f"{p.parent.name}.{p.stem}" for p in _plugin_files()}
     plugins = {m for m in files if not m.split(".")[1].startswith("_")}
     assert listed == plugins
     assert len(project["robustbench_er.defenses"]) == len(set(project["robustbench_er.defenses"].values()))
+
+
+# Where the core may name a built-in plugin: the quickstart preset of the CLI, and words that are
+# not registry keys ("none" as torch's reduction, an attack's access, pydantic's type; the
+# ``autoattack`` module that pyautoattack stands in for; ``pgd`` the shared routine's name).
+_NOT_A_KEY = {("cli.py", "none"), ("cli.py", "madry"), ("cli.py", "pgd"), ("cli.py", "autoattack"),
+              ("zoo.py", "autoattack"), ("plugin.py", "pgd"), ("_compat.py", "pgd")}
+
+
+def _plugin_names() -> set[str]:
+    from robustbench_er.plugins import registry
+
+    return {*registry.list_defenses(), *registry.list_attacks(), *registry.list_detectors(), *registry.list_analyses()}
+
+
+def _core_files() -> list[Path]:
+    core = ROOT / "robustbench_er"
+    return sorted(p for p in core.rglob("*.py") if p.relative_to(core).parts[0] not in FOLDERS)
+
+
+def _named_plugins(path: Path, names: set[str]) -> list[tuple[int, str]]:
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text(), filename=str(path)))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in names
+            and n.value != "none" and (path.name, n.value) not in _NOT_A_KEY]
+
+
+def test_the_core_names_no_plugin() -> None:
+    names = _plugin_names()
+    found = {str(p.relative_to(ROOT)): hits for p in _core_files() if (hits := _named_plugins(p, names))}
+    assert not found, f"the core names plugins (move the code into the plugin): {found}"
+
+
+def test_the_check_catches_a_core_module_naming_a_plugin(tmp_path: Path) -> None:
+    bad = tmp_path / "sweep.py"
+    bad.write_text("def f(registry):\n    return registry.get_attack('pgd'), registry.get_defense('er-classifier')\n")
+    assert _named_plugins(bad, _plugin_names()) == [(2, "pgd"), (2, "er-classifier")]

@@ -29,9 +29,9 @@ def _layers_only_config(dest: Path) -> Path:
 
 
 def _lint(folder: Path) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("lint-imports")
-    return subprocess.run([str(exe), "--config", str(_layers_only_config(folder)), "--no-cache"], cwd=folder,
-                          capture_output=True, text=True, timeout=300)
+    cli = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    return subprocess.run([sys.executable, "-c", cli, "--config", str(_layers_only_config(folder)), "--no-cache"],
+                          cwd=folder, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")

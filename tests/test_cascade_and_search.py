@@ -9,10 +9,11 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from interrupt import Interrupted, stop_after
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import curve
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, bisect_state
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, bisect_state
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.store.results import Store
 
@@ -123,8 +124,8 @@ def test_bisection_resumes_at_its_round_with_identical_results(tmp_path):
     full = tmp_path / "full"
     run_sweep(_cfg(full))
     part = tmp_path / "part"
-    with pytest.raises(_Interrupt):
-        run_sweep(_cfg(part), stop_after_steps=2)
+    with pytest.raises(Interrupted):
+        run_sweep(_cfg(part), on_step=stop_after(2))
     run_sweep(_cfg(part))
     a = _tables(full)[1].drop(columns="cell_id").sort_values(["sample_id", "broken_by"]).reset_index(drop=True)
     b = _tables(part)[1].drop(columns="cell_id").sort_values(["sample_id", "broken_by"]).reset_index(drop=True)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from interrupt import Interrupted, stop_after
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'robustbench-er[ray]')")
 
 from robustbench_er.core.errors import UserInputError  # noqa: E402
 from robustbench_er.engine.executor import CRASH_ONCE_ENV  # noqa: E402
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt  # noqa: E402
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig  # noqa: E402
 from robustbench_er.jobs.sweep import run_sweep  # noqa: E402
 from robustbench_er.store.results import Store  # noqa: E402
 
@@ -91,8 +92,8 @@ def test_a_gpu_per_task_runs_and_an_impossible_request_is_refused(local_run, tmp
 
 
 def test_killed_driver_resumes_without_ray(local_run, tmp_path):
-    with pytest.raises(_Interrupt):
-        run_sweep(_cfg(_with_checkpoints(local_run, tmp_path), RAY), stop_after_steps=1)
+    with pytest.raises(Interrupted):
+        run_sweep(_cfg(_with_checkpoints(local_run, tmp_path), RAY), on_step=stop_after(1))
     run_sweep(_cfg(tmp_path))  # the local executor picks up where the Ray run stopped
     assert _outcomes(tmp_path).equals(_outcomes(local_run))
 

@@ -8,11 +8,12 @@ import sqlite3
 import numpy as np
 import pandas as pd
 import pytest
+from interrupt import Interrupted, stop_after
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import auc, worst_case
 from robustbench_er.core.text import parse_eps
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, _Interrupt, validate_grid
+from robustbench_er.engine.sweep import AttackConfig, SweepConfig, validate_grid
 from robustbench_er.jobs.sweep import run_sweep
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
@@ -92,8 +93,8 @@ def test_worst_case_is_min_over_attacks():
 def test_killed_run_resumes_to_identical_curves(full_run, tmp_path):
     out_full, _ = full_run
     out = tmp_path / "resumed"
-    with pytest.raises(_Interrupt):
-        run_sweep(_cfg(out), stop_after_steps=3)
+    with pytest.raises(Interrupted):
+        run_sweep(_cfg(out), on_step=stop_after(3))
     con = sqlite3.connect(out / "store.sqlite")
     done_before = con.execute("SELECT COUNT(*) FROM steps").fetchone()[0]
     con.close()

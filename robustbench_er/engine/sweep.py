@@ -486,10 +486,6 @@ class CellSummary:
     seed: int = 0
 
 
-class _Interrupt(Exception):
-    """Raised by the test hook that simulates a killed run."""
-
-
 def grid_index_at_or_above(grid: Sequence[float], value: float) -> int:
     """Index of the smallest grid epsilon whose ball holds a perturbation of norm ``value``
     (within the verifier's float tolerance); ``len(grid)`` if none does."""
@@ -645,7 +641,7 @@ EPS_TOL = 1e-9
 
 
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
-             stop_after_steps: int | None = None, heartbeat: Callable[[], None] | None = None,
+             on_step: Callable[[int], None] | None = None, heartbeat: Callable[[], None] | None = None,
              runner: BatchRunner | None = None) -> CellSummary:
     """Run (or resume) one cell; every finished step is committed to the store.
 
@@ -697,9 +693,12 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
             nxt = _next_step(cell, out, step)
             if nxt is None:
                 break
-            if stop_after_steps is not None and ran >= stop_after_steps:
-                bar.close()
-                raise _Interrupt(f"stopped after {ran} steps")
+            if on_step is not None:
+                try:
+                    on_step(ran)  # told how many steps this call has run; may stop the cell by raising
+                except BaseException:
+                    bar.close()
+                    raise
             t0 = time.perf_counter()
             rec_eps, pos, eps, phase = nxt
             broken: dict[int, float] = {}
@@ -746,7 +745,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
 def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
                   on_train: Callable[[str, Trained], None] | None = None,
                   on_skip: Callable[[str, str, str], None] | None = None,
-                  stop_after_steps: int | None = None) -> tuple[list[CellSummary], dict[str, float] | None]:
+                  on_step: Callable[[int], None] | None = None) -> tuple[list[CellSummary], dict[str, float] | None]:
     """Plan, run every cell (resuming finished steps) and run the checks; return the cells'
     summaries and the headline epsilon per norm for the reports (``jobs.sweep`` writes them)."""
     from robustbench_er.engine.checks import run_cell_checks
@@ -789,7 +788,7 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
                 try:
                     with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
                         s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
-                                     stop_after_steps=stop_after_steps, heartbeat=alive.check,
+                                     on_step=on_step, heartbeat=alive.check,
                                      runner=executor.runner if executor is not None else None)
                         store.set_flags(cell.cell_id, run_cell_checks(cell, store))
                 except LeaseLost as exc:

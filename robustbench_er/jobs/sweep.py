@@ -14,10 +14,10 @@ from robustbench_er.store.results import Store
 def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSummary], None] | None = None,
               on_train: Callable[[str, Trained], None] | None = None,
               on_skip: Callable[[str, str, str], None] | None = None,
-              stop_after_steps: int | None = None) -> list[CellSummary]:
+              on_step: Callable[[int], None] | None = None) -> list[CellSummary]:
     """Plan, run every cell (resuming finished steps), run the checks, write the reports."""
     summaries, headline = execute_sweep(cfg, command=command, on_cell=on_cell, on_train=on_train, on_skip=on_skip,
-                                        stop_after_steps=stop_after_steps)
+                                        on_step=on_step)
     store = Store(Path(cfg.out))
     try:
         write_reports(store, Path(cfg.out), headline=headline)

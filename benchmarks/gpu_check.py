@@ -17,7 +17,7 @@ measured kept (``timeout``), and parts with no budget left are recorded as ``ski
    are drawn on the CPU from the same seeds, so what differs comes from floating point
    (cuDNN's algorithms, TF32 convolutions, reduction order), which can flip points that sit on
    a decision boundary; on a CUDA device the sweep runs a second time with TF32 off.
-2. ``pgd_throughput``: the harness's PGD (the ``pgd`` attack, ``robustbench_er/pgd.py``) against
+2. ``pgd_throughput``: the harness's PGD (the ``pgd`` attack, ``robustbench_er/models/pgd.py``) against
    a plain torch PGD loop (``sweep_efficiency.plain_pgd``: random start, sign step, projection;
    no early stop on either side) on each paper network, on random images of the real shape;
    images per second and their ratio (target >= 0.95).

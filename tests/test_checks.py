@@ -1,5 +1,5 @@
 """Each sanity check fires on a model or attack built to trigger it and stays silent on the
-undefended digits model with a working attack (robustbench_er/checks.py)."""
+undefended digits model with a working attack (robustbench_er/engine/checks.py)."""
 
 from __future__ import annotations
 

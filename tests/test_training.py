@@ -1,4 +1,4 @@
-"""The core training helpers (robustbench_er/training.py)."""
+"""The core training helpers (robustbench_er/models/training.py)."""
 
 from __future__ import annotations
 

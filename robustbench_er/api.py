@@ -98,7 +98,7 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
         raise UserInputError(f"name must be a plain non-empty string; got {name!r}.")
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
     if isinstance(model, DefendedModel):
-        net, mean, std = model.net, model._norm_args[0], model._norm_args[1]
+        net, mean, std = model.net, model.normalization[0], model.normalization[1]
         randomized, differentiable, output = model.randomized, model.differentiable, model.output
     else:
         net = model

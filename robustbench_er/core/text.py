@@ -92,6 +92,15 @@ def split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def name_list(value: Any, label: str) -> list[str]:
+    """``"a,b(k=1)"``, a list or one name -> the names (split on top-level commas); at least one."""
+    items = split_top_level(value) if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    items = [str(i).strip() for i in items if str(i).strip()]
+    if not items:
+        raise UserInputError(f"{label}: needs at least one name.")
+    return items
+
+
 def parse_attack_text(text: str) -> dict[str, Any]:
     """``cw(confidence=9,steps=100)`` -> ``{"name": "cw", "params": {...}, "label": text}``."""
 

@@ -19,7 +19,7 @@ import torch
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.data.datasets import Dataset, DatasetSpec
 from robustbench_er.models.checkpoints import (
-    _canonical,
+    canonical_json,
     checkpoint_spec,
     load_checkpoint,
     model_identity,
@@ -158,7 +158,7 @@ def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any
     torch.manual_seed(seed)
     model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     meta = load_checkpoint(folder, model)
-    if meta.get("spec") != json.loads(_canonical(spec)):
+    if meta.get("spec") != json.loads(canonical_json(spec)):
         raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
     if meta.get("dataset") != data.spec.name:
         raise UserInputError(
@@ -182,7 +182,7 @@ def _train(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], cid
     check_model_output(model, data.x_test[:4].to(device))
     clean = accuracy(model, data.x_test, data.y_test)
     meta = {"defense": cls.name, "dataset": data.spec.name, "profile": profile, "seed": seed,
-            "hparams": dataclasses.asdict(hp), "spec": json.loads(_canonical(spec)), "id": cid,
+            "hparams": dataclasses.asdict(hp), "spec": json.loads(canonical_json(spec)), "id": cid,
             "clean_acc": clean, "train_seconds": report.get("train_seconds"),
             "history": report.get("history", []), "randomized": cls.randomized,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

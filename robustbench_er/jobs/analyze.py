@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.text import name_list
 
 ANALYZE_KEYS = ("dataset", "defenses", "analyses", "profile", "seed", "set", "data_dir", "device", "out")
 CLI_FLAGS = {"defenses": "--defense", "analyses": "--analysis", "set": "--set"}
@@ -44,7 +45,6 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
     from robustbench_er.core.text import parse_attack_text, parse_sets
     from robustbench_er.data.datasets import load_dataset
     from robustbench_er.inputs.config import check_device, check_output_folder
-    from robustbench_er.jobs.detect import _names
     from robustbench_er.plugins.registry import get_analysis, get_defense
 
     def at(key: str) -> str:
@@ -56,9 +56,9 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
     for key in ("dataset", "analyses"):
         if raw.get(key) in (None, "", []):
             raise UserInputError(f"{at(key)}: missing.")
-    defenses = _names(raw["defenses"], at("defenses")) if raw.get("defenses") not in (None, "", []) else []
+    defenses = name_list(raw["defenses"], at("defenses")) if raw.get("defenses") not in (None, "", []) else []
     analyses, labels = [], []
-    for text in _names(raw["analyses"], at("analyses")):
+    for text in name_list(raw["analyses"], at("analyses")):
         try:
             parsed = parse_attack_text(text)
         except ValueError as exc:

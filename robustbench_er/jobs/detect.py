@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.text import name_list
 
 DETECT_KEYS = ("dataset", "defenses", "detectors", "train_attacks", "test_attacks", "norm", "eps", "l2_unit",
                "samples", "split", "split_seed", "seed", "profile", "set", "data_dir", "device", "out",
@@ -36,16 +37,6 @@ class DetectionPlan:
     out: Path
     where: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _names(v: Any, label: str) -> list[str]:
-    from robustbench_er.core.text import split_top_level
-
-    items = split_top_level(v) if isinstance(v, str) else list(v) if isinstance(v, (list, tuple)) else [v]
-    items = [str(i).strip() for i in items if str(i).strip()]
-    if not items:
-        raise UserInputError(f"{label}: needs at least one name.")
-    return items
 
 
 #: how the ``detect`` command names each key
@@ -74,12 +65,12 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
     for key in ("dataset", "defenses", "detectors", "train_attacks", "test_attacks"):
         if raw.get(key) in (None, "", []):
             raise UserInputError(f"{at(key)}: missing.")
-    defenses = _names(raw["defenses"], at("defenses"))
-    detectors = _names(raw["detectors"], at("detectors"))
+    defenses = name_list(raw["defenses"], at("defenses"))
+    detectors = name_list(raw["detectors"], at("detectors"))
 
     def attacks(key: str) -> list[Any]:
         out = []
-        for text in _names(raw[key], at(key)):
+        for text in name_list(raw[key], at(key)):
             try:
                 d = parse_attack_text(text)
             except ValueError as exc:

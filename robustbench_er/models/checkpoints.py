@@ -25,12 +25,13 @@ from robustbench_er.models.defended import DefendedModel
 
 log = logging.getLogger(__name__)
 
-def _canonical(obj: Any) -> str:
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no spaces: the text a spec is hashed by."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def spec_hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(_canonical(obj).encode()).hexdigest()[:length]
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
 def checkpoint_spec(defense: str, dataset: str, profile: str, hp: Any, seed: int,

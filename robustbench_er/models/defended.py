@@ -62,7 +62,8 @@ class DefendedModel(nn.Module):
         self.n_passes = max(1, int(n_passes)) if randomized else 1
         #: True on the twin :meth:`bpda_model` returns: ``predict`` goes through ``forward_bpda``
         self.approximate_gradients = False
-        self._norm_args = (tuple(mean), tuple(std))
+        #: the (mean, std) the model normalises its [0, 1] inputs with (empty: none)
+        self.normalization = (tuple(mean), tuple(std))
         if mean:
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
@@ -102,7 +103,7 @@ class DefendedModel(nn.Module):
         when the defense declares no approximation."""
         if not self.bpda:
             return self
-        mean, std = self._norm_args
+        mean, std = self.normalization
         twin = DefendedModel(self.net, self.classes, mean=mean, std=std, randomized=self.randomized,
                              differentiable=True, output=self.output, n_passes=self.n_passes, bpda=True)
         twin.approximate_gradients = True

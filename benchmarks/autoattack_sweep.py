@@ -41,12 +41,12 @@ def main(argv: list[str] | None = None) -> None:
 
     import pyautoattack
 
+    from robustbench_er.core.text import parse_eps
     from robustbench_er.data.datasets import load_dataset
     from robustbench_er.engine.sweep import (
         AttackConfig,
         SweepConfig,
         _seed_for,
-        parse_eps,
         plan_sweep,
         run_cell,
     )

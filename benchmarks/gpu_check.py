@@ -490,7 +490,7 @@ def part_quickstart(ctx: Context, res: dict[str, Any]) -> None:
     import yaml
 
     from robustbench_er.cli import main as cli_main
-    from robustbench_er.engine.sweep import parse_eps
+    from robustbench_er.core.text import parse_eps
     from robustbench_er.store.results import Store
 
     raw = ctx.experiment()
@@ -721,7 +721,8 @@ def part_autoattack_cell(ctx: Context, res: dict[str, Any]) -> None:
 def part_autoattack_sweep(ctx: Context, res: dict[str, Any]) -> None:
     """The measurement of benchmarks/autoattack_sweep.py (bisection vs K independent runs, the
     same seeds from the cell id, the same verification), on the device."""
-    from robustbench_er.engine.sweep import _seed_for, parse_eps
+    from robustbench_er.core.text import parse_eps
+    from robustbench_er.engine.sweep import _seed_for
     from robustbench_er.plugins.attack import verify
 
     s = ctx.sizes

@@ -142,6 +142,16 @@ def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any]:
     return meta
 
 
+#: the built-in plugin folders were top-level packages in 0.1 (``defenses._er_nets``); they now
+#: install under ``robustbench_er.``. Identities keep 0.1's module names, so stored results stay found.
+_PLUGIN_PACKAGES = tuple(f"robustbench_er.{folder}." for folder in ("defenses", "attacks", "detectors", "analyses"))
+
+
+def _keyed_module(module: str) -> str:
+    """The module name a network's class enters an identity with (0.1's, for the built-in plugins)."""
+    return module.removeprefix("robustbench_er.") if module.startswith(_PLUGIN_PACKAGES) else module
+
+
 def model_identity(defense_name: str, model: DefendedModel, hp: Any) -> str:
     """The identity of a model as it runs: what a sweep keys its results on.
 
@@ -159,6 +169,6 @@ def model_identity(defense_name: str, model: DefendedModel, hp: Any) -> str:
                "mean": None if model.mean is None else model.mean.flatten().tolist(),
                "std": None if model.std is None else model.std.flatten().tolist()}
     hparams = dataclasses.asdict(hp) if dataclasses.is_dataclass(hp) and not isinstance(hp, type) else hp
-    return spec_hash({"defense": defense_name, "net": f"{type(model.net).__module__}.{type(model.net).__qualname__}",
+    return spec_hash({"defense": defense_name, "net": f"{_keyed_module(type(model.net).__module__)}.{type(model.net).__qualname__}",
                       "architecture": repr(model.net), "wrapper": wrapper, "hparams": hparams,
                       "weights": _weights_hash(state)})

@@ -43,13 +43,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from robustbench_er.core.text import parse_eps
     from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.sweep import (
-        AttackConfig,
-        SweepConfig,
-        _seed_for,
-        plan_sweep,
-        run_cell,
-    )
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig, seed_for
+    from robustbench_er.engine.sweep import plan_sweep, run_cell
     from robustbench_er.engine.trained import get_or_train
     from robustbench_er.plugins.attack import verify
     from robustbench_er.store.results import Store
@@ -96,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
             if eps <= 0:
                 indep.append(float(clean_ok.float().mean()))
                 continue
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(_seed_for(cell.cell_id, i))))
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed_for(cell.cell_id, i))))
             aa = pyautoattack.AutoAttack(model, device="cpu", eps=eps, norm="Linf", seed=seed, version=args.version)
             aa.verbose = False
             x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=500)

@@ -402,7 +402,8 @@ def sweep_cell(ctx: Context, out: Path, defense: str, folder: Path, attack: str,
                grid: list[float], samples: int, device: torch.device, *, search: str = "bisect",
                batch_size: int = 128) -> tuple[Any, Any]:
     """Plan one cell of ``attack`` on the checkpoint ``folder`` (nothing trained): (cell, store)."""
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig, plan_sweep
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig
+    from robustbench_er.engine.sweep import plan_sweep
     from robustbench_er.store.results import Store
 
     cfg = SweepConfig(dataset=DATASET, defenses=[defense], attacks=[AttackConfig(attack, dict(params))], eps=list(grid),
@@ -722,7 +723,7 @@ def part_autoattack_sweep(ctx: Context, res: dict[str, Any]) -> None:
     """The measurement of benchmarks/autoattack_sweep.py (bisection vs K independent runs, the
     same seeds from the cell id, the same verification), on the device."""
     from robustbench_er.core.text import parse_eps
-    from robustbench_er.engine.sweep import _seed_for
+    from robustbench_er.engine.spec import seed_for
     from robustbench_er.plugins.attack import verify
 
     s = ctx.sizes
@@ -761,7 +762,7 @@ def part_autoattack_sweep(ctx: Context, res: dict[str, Any]) -> None:
         if e <= 0:
             indep.append(float(clean_ok.float().mean()))
             continue
-        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(_seed_for(cell.cell_id, i))))
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(seed_for(cell.cell_id, i))))
         x_adv = direct_autoattack(model, x, y, e, seed, ctx.device, params)
         ok, _ = verify(model, x, x_adv, y, "Linf", torch.full((len(x),), e, device=ctx.device))
         indep.append(float((clean_ok & ~ok).float().mean()))

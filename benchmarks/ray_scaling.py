@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from robustbench_er.core.text import parse_eps
     from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig
     from robustbench_er.engine.trained import get_or_train
     from robustbench_er.jobs.sweep import run_sweep
 

@@ -68,7 +68,7 @@ def run_one(args: argparse.Namespace, data, defense: str):  # type: ignore[no-un
     import foolbox as fb
 
     from robustbench_er.core.text import parse_eps
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig
     from robustbench_er.engine.trained import get_or_train
     from robustbench_er.jobs.sweep import run_sweep
 

@@ -22,9 +22,16 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
+from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.jobs.imported import given_model, registered, save_given
+from robustbench_er.core.metrics import EPS_TOL
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.inputs.config import parse_experiment
+from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.given import given_model, registered, save_given
+from robustbench_er.plugins.registry import get_defense
 
 __all__ = ["BenchmarkResult", "benchmark", "load_defense"]
 
@@ -59,7 +66,7 @@ class BenchmarkResult:
         c = self.curves[self.curves["attack"] == "worst-case"]
         if norm is not None:
             c = c[c["norm"] == norm]
-        hit = c[(c["eps"] - float(eps)).abs() < 1e-9]
+        hit = c[(c["eps"] - float(eps)).abs() < EPS_TOL]
         if hit.empty:
             raise UserInputError(f"eps {eps} is not a point of the sweep's grid ({sorted(set(c['eps']))}).")
         return float(hit["robust_acc"].iloc[0])
@@ -88,9 +95,6 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
     With ``out=None`` the store lives in a temporary folder that is removed afterwards; with a
     folder, everything is written there as the CLI writes it, and a rerun resumes.
     """
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.inputs.config import parse_experiment
-    from robustbench_er.jobs.sweep import run_sweep
 
     if not isinstance(model, nn.Module):
         raise UserInputError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
@@ -165,10 +169,6 @@ def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: st
     is; otherwise the checkpoint of (``name``, ``dataset``, ``profile``, ``overrides``, ``seed``)
     under ``out/checkpoints`` is reused, or trained there first.
     """
-    from robustbench_er.core.device import resolve_device
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.trained import get_or_train
-    from robustbench_er.plugins.registry import get_defense
 
     cls = get_defense(name)
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)

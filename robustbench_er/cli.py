@@ -45,7 +45,7 @@ def _load_plugins(paths: Sequence[str] | None, quiet: bool) -> None:
 def parse_attack(text: str) -> Any:
     """``cw(confidence=9,steps=100)`` -> AttackConfig("cw", {"confidence": 9, "steps": 100})."""
     from robustbench_er.core.text import parse_attack_text
-    from robustbench_er.engine.sweep import AttackConfig
+    from robustbench_er.engine.spec import AttackConfig
 
     try:
         d = parse_attack_text(text)
@@ -220,7 +220,7 @@ def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
     from robustbench_er.core.text import split_top_level
     from robustbench_er.data.datasets import DATASETS, dataset_spec
     from robustbench_er.jobs import zoo
-    from robustbench_er.jobs.imported import given_defense, registered
+    from robustbench_er.plugins.given import given_defense, registered
     from robustbench_er.plugins.registry import normalize
 
     names = [d for d in split_top_level(args.defense or "") if zoo.is_zoo(d)]
@@ -358,7 +358,7 @@ def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from robustbench_er.report.tables import write_reports
+    from robustbench_er.report.writers import write_reports
     from robustbench_er.store.results import Store
 
     out = Path(args.out)
@@ -436,7 +436,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from robustbench_er.core.metrics import L2_UNITS
-    from robustbench_er.engine.sweep import MODES, SEARCHES
+    from robustbench_er.engine.spec import MODES, SEARCHES
     from robustbench_er.inputs.config import DEVICE_HELP, SweepSpec
 
     default = {k: f.default for k, f in SweepSpec.model_fields.items()}

@@ -13,7 +13,8 @@ from interrupt import Interrupted, stop_after
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import curve
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, bisect_state
+from robustbench_er.engine.search import bisect_state
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.store.results import Store
 

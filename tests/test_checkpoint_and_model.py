@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.engine.trained import build_model, get_or_train
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.models.checkpoints import load_checkpoint, load_weights

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustbench_er.engine import checks
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.models.pgd import pgd
 from robustbench_er.plugins.attack import Attack, AttackParams
@@ -365,7 +365,7 @@ def test_attack_warnings_survive_a_rerun_with_more_work_and_a_report(test_plugin
     """The warning an attack gave while computing a cell is stored with the cell: a rerun (which
     finds the cell cached and recomputes the checks), a rerun with more work added, and
     ``report`` all show the same flag with the same detail."""
-    from robustbench_er.report.tables import write_reports
+    from robustbench_er.report.writers import write_reports
 
     def cfg(attacks):
         return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2], samples=32, out=tmp_path,

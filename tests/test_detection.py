@@ -15,7 +15,7 @@ from robustbench_er.engine.detection import (
     roc_metrics,
     run_detection,
 )
-from robustbench_er.engine.sweep import AttackConfig
+from robustbench_er.engine.spec import AttackConfig
 from robustbench_er.plugins.registry import DETECTORS, get_detector
 
 

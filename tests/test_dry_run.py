@@ -59,7 +59,7 @@ def test_plan_follows_the_store(tmp_path, capsys):
 @pytest.mark.parametrize("attack, expected", [("pgd(steps=10)", 20), ("fgsm", 2), ("square(n_queries=300)", 300)])
 def test_evaluations_per_point(attack, expected):
     from robustbench_er.cli import parse_attack
-    from robustbench_er.engine.sweep import make_attack
+    from robustbench_er.engine.spec import make_attack
 
     a = parse_attack(attack)
     assert make_attack(a, "Linf", False, 1).evaluations_per_point() == expected

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.jobs.sweep import run_sweep
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3]

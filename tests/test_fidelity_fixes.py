@@ -13,7 +13,7 @@ from torch import nn
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.engine import checks
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.engine.trained import get_or_train
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.plugins.attack import verify

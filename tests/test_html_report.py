@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+from robustbench_er.engine.spec import AttackConfig, SweepConfig
 from robustbench_er.jobs.sweep import run_sweep
 
 

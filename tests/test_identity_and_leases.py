@@ -174,7 +174,7 @@ def test_keep_alive_renews_and_detects_a_takeover(tmp_path):
 
 
 def _cfg(out, **kw):
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig
 
     return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2, 0.3], samples=60, out=out,
                        attacks=[AttackConfig("fgsm"), AttackConfig("pgd", {"steps": 5})], progress=False,

@@ -18,11 +18,18 @@ PLUGIN_FOLDERS = ("defenses", "attacks", "detectors", "analyses")
 
 
 def _layers_only_config(dest: Path) -> Path:
-    """pyproject's layers contract alone (the copy below has no plugin folders)."""
+    """pyproject's layers and no-loops contracts alone (the copy below has no plugin folders)."""
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+
+    def listed(values: list[str]) -> str:
+        return ", ".join(f'"{v}"' for v in values if v.rsplit(".", 1)[-1] not in PLUGIN_FOLDERS)
+
     layers = next(c for c in cfg["contracts"] if c["type"] == "layers")
+    loops = next(c for c in cfg["contracts"] if c["type"] == "acyclic_siblings")
     text = (f'[tool.importlinter]\nroot_package = "robustbench_er"\n\n[[tool.importlinter.contracts]]\n'
-            f'name = "layers"\ntype = "layers"\nlayers = [{", ".join(repr(x).replace(chr(39), chr(34)) for x in layers["layers"])}]\n')
+            f'name = "layers"\ntype = "layers"\nlayers = [{listed(layers["layers"])}]\n\n'
+            f'[[tool.importlinter.contracts]]\nname = "loops"\ntype = "acyclic_siblings"\n'
+            f'ancestors = [{listed(loops["ancestors"])}]\n')
     path = dest / "pyproject.toml"
     path.write_text(text)
     return path
@@ -54,6 +61,19 @@ def test_the_layers_contract_holds_and_breaks_on_an_upward_import(core_copy: Pat
         errors.write_text(saved)
     assert bad.returncode == 1
     assert "robustbench_er.core is not allowed to import robustbench_er.report" in bad.stdout
+
+
+def test_a_loop_inside_a_layer_breaks_the_no_loops_contract(core_copy: Path) -> None:
+    """engine.search sits below engine.sweep; a call back up, even from inside a function, is a loop."""
+    search = core_copy / "robustbench_er" / "engine" / "search.py"
+    saved = search.read_text()
+    try:
+        search.write_text(saved + "\n\ndef _loop():\n    from robustbench_er.engine import sweep\n\n    return sweep\n")
+        bad = _lint(core_copy)
+    finally:
+        search.write_text(saved)
+    assert bad.returncode == 1
+    assert "loops BROKEN" in bad.stdout and ".search -> .sweep" in bad.stdout
 
 
 @pytest.mark.parametrize("old,new", [("defense", "plugins.defense"), ("registry", "plugins.registry"),

@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip ins
 
 from robustbench_er.core.errors import UserInputError  # noqa: E402
 from robustbench_er.engine.executor import CRASH_ONCE_ENV  # noqa: E402
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig  # noqa: E402
+from robustbench_er.engine.spec import AttackConfig, SweepConfig  # noqa: E402
 from robustbench_er.jobs.sweep import run_sweep  # noqa: E402
 from robustbench_er.store.results import Store  # noqa: E402
 

@@ -107,7 +107,7 @@ def _example_source() -> str:
 
 
 def test_documented_example_plugin_loads_and_works(tmp_path, digits):
-    from robustbench_er.engine.sweep import AttackConfig, SweepConfig
+    from robustbench_er.engine.spec import AttackConfig, SweepConfig
     from robustbench_er.jobs.sweep import run_sweep
 
     f = tmp_path / "my_plugins.py"

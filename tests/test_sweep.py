@@ -13,7 +13,7 @@ from interrupt import Interrupted, stop_after
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import auc, worst_case
 from robustbench_er.core.text import parse_eps
-from robustbench_er.engine.sweep import AttackConfig, SweepConfig, validate_grid
+from robustbench_er.engine.spec import AttackConfig, SweepConfig, validate_grid
 from robustbench_er.jobs.sweep import run_sweep
 
 GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]

@@ -34,6 +34,7 @@ import torch
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.registry import Registry, register_with
+from robustbench_er.data import folders as data_folders
 
 T = TypeVar("T")
 
@@ -174,7 +175,6 @@ def load_digits(data_dir: str | None = None, download: bool = False) -> Dataset:
 def _folder(name: str, reader_name: str, shape: tuple[int, int, int], classes: int,
             headline: dict[str, float], mean: tuple[float, ...], std: tuple[float, ...]) -> Callable[..., Dataset]:
     def load(data_dir: str | None = None, download: bool = False) -> Dataset:
-        from robustbench_er.data import folders as data_folders
 
         if data_dir is None:
             raise UserInputError(f"Dataset {name!r} is read from a local folder; pass --data-dir DIR.")

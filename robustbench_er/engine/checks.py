@@ -53,8 +53,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.metrics import EPS_TOL, curve
+from robustbench_er.engine.search import bisect_state
+from robustbench_er.models.defended import device_of
+from robustbench_er.plugins.attack import verify
+from robustbench_er.plugins.registry import get_attack
+
 if TYPE_CHECKING:
-    from robustbench_er.engine.sweep import Cell
+    from robustbench_er.engine.spec import Cell
     from robustbench_er.store.results import Store
 
 _MODEL_CACHE: dict[str, dict[str, str]] = {}
@@ -68,8 +75,6 @@ ZERO_GRAD_SHARE = 0.10
 NOISE_DRAWS = 4
 #: significance level of the cross-attack flags (one-sided exact McNemar test)
 ALPHA = 0.05
-#: accuracies read from the same outcomes must agree to this tolerance
-EXACT = 1e-9
 
 
 def large_eps(norm: str, dim: int) -> float:
@@ -139,13 +144,12 @@ def randomized_flags(randomized: bool, cell_eot: int, attack_eot: int) -> dict[s
 
 def eps0_flags(outcomes: pd.DataFrame, grid: list[float]) -> dict[str, str]:
     """Robust accuracy at eps 0 (if on the grid) must equal clean accuracy."""
-    from robustbench_er.core.metrics import curve
 
-    if len(outcomes) == 0 or not any(abs(e) <= EXACT for e in grid):
+    if len(outcomes) == 0 or not any(abs(e) <= EPS_TOL for e in grid):
         return {}
     acc0 = float(curve(outcomes, [0.0])[0])
     clean = float(outcomes["clean_correct"].astype(bool).mean())
-    if abs(acc0 - clean) > EXACT:
+    if abs(acc0 - clean) > EPS_TOL:
         return {"eps0-mismatch": f"robust accuracy at eps 0 is {acc0:.3f} but clean accuracy is {clean:.3f}"}
     return {}
 
@@ -166,7 +170,6 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     end, every clean-correct point's interval is resolved. A minimization attack has one step that
     attacks every point standing at the smallest positive eps.
     """
-    from robustbench_er.core.metrics import curve
 
     n = len(outcomes)
     if n == 0:
@@ -174,7 +177,7 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     g = sorted(float(e) for e in grid)
     acc = curve(outcomes, g)
     for i in range(1, len(g)):
-        if acc[i] > acc[i - 1] + EXACT:
+        if acc[i] > acc[i - 1] + EPS_TOL:
             return {"curve-rises": f"robust accuracy rises from {acc[i - 1]:.3f} at eps {g[i - 1]:g}"
                                    f" to {acc[i]:.3f} at eps {g[i]:g}"}
     cc = outcomes["clean_correct"].to_numpy().astype(bool)
@@ -186,7 +189,6 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     att = steps["attacked"].to_numpy(dtype=int)
     brk = steps["broken"].to_numpy(dtype=int)
     if search == "bisect":
-        from robustbench_er.engine.sweep import bisect_state
 
         if (brk > att).any():
             return {"curve-rises": "a search round broke more points than it attacked"}
@@ -199,7 +201,7 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     if len(steps) != expected:
         return {"curve-rises": f"the store holds {len(steps)} of {expected} attack steps for a finished cell"}
     first = g[0] if kind == "fixed" else min([e for e in g if e > 0] or g)
-    standing0 = int((cc & (up_ba > first + EXACT)).sum())
+    standing0 = int((cc & (up_ba > first + EPS_TOL)).sum())
     if att[0] != standing0:
         return {"curve-rises": f"the first step attacked {att[0]} points but {standing0} were standing"}
     if kind == "fixed":
@@ -211,7 +213,7 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
                                        f" survived eps {g[i - 1]:g}"}
         raw = (att - brk) / n
         for i, e in enumerate(g):
-            if abs(raw[i] - acc[i]) > EXACT:
+            if abs(raw[i] - acc[i]) > EPS_TOL:
                 return {"curve-rises": f"at eps {e:g} the steps leave {raw[i]:.3f} standing but the outcomes"
                                        f" {acc[i]:.3f}"}
     elif upstream is None:
@@ -225,13 +227,12 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
 def large_eps_flags(outcomes: pd.DataFrame, grid: list[float], norm: str, dim: int,
                     label: str) -> dict[str, str]:
     """At an eps where every image reaches mid-grey, at most 10% may stand."""
-    from robustbench_er.core.metrics import curve
 
     if len(outcomes) == 0 or not grid:
         return {}
     big = large_eps(norm, dim)
     top = max(grid)
-    if top + EXACT < big:
+    if top + EPS_TOL < big:
         return {}
     acc = float(curve(outcomes, [top])[0])
     if acc > LARGE_EPS_MAX_ACC:
@@ -259,7 +260,6 @@ def noise_flags(model: Any, x: torch.Tensor, y: torch.Tensor, broken_at: np.ndar
     ``broken_at`` is the attack's per-point break epsilon (NaN = never). A point counts as broken
     by noise if any of :data:`NOISE_DRAWS` draws is verified adversarial.
     """
-    from robustbench_er.plugins.attack import verify
 
     if len(x) == 0 or eps <= 0:
         return {}
@@ -272,7 +272,7 @@ def noise_flags(model: Any, x: torch.Tensor, y: torch.Tensor, broken_at: np.ndar
             ok, _ = verify(model, x, random_noise(x, eps, norm, gen), y, norm, e, n_passes)
             hit |= ok
     by_noise = int(hit.sum())
-    by_attack = int((np.nan_to_num(broken_at, nan=np.inf) <= eps + EXACT).sum())
+    by_attack = int((np.nan_to_num(broken_at, nan=np.inf) <= eps + EPS_TOL).sum())
     if by_noise > by_attack:
         return {"noise-stronger": f"random {norm} noise at eps {eps:g} breaks {by_noise} of {len(x)}"
                                   f" clean-correct points, {label} only {by_attack}"}
@@ -297,7 +297,6 @@ def bpda_flags(attack_spec: dict[str, Any], label: str) -> dict[str, str]:
 
 def run_cell_checks(cell: Cell, store: Store) -> dict[str, str]:
     """All per-model and per-cell checks of one finished cell."""
-    from robustbench_er.models.defended import device_of
 
     model = cell.trained.model
     dev = device_of(model)
@@ -344,7 +343,7 @@ class AttackRun:
     single_step: bool = False
 
     def defined_at(self, eps: float) -> bool:
-        return self.kind == "min" or any(abs(e - eps) <= EXACT for e in self.grid)
+        return self.kind == "min" or any(abs(e - eps) <= EPS_TOL for e in self.grid)
 
 
 def attack_run(outcomes: pd.DataFrame, grid: list[float], spec: dict[str, Any]) -> AttackRun:
@@ -354,8 +353,6 @@ def attack_run(outcomes: pd.DataFrame, grid: list[float], spec: dict[str, Any]) 
     """
     single = spec.get("single_step")
     if single is None:
-        from robustbench_er.core.errors import UserInputError
-        from robustbench_er.plugins.registry import get_attack
 
         try:
             single = bool(get_attack(str(spec.get("attack", {}).get("attack", ""))).single_step)
@@ -386,7 +383,7 @@ def _standing(run: AttackRun, ids: np.ndarray, eps: float) -> np.ndarray:
     frame = run.outcomes.set_index("sample_id").loc[ids]
     cc = frame["clean_correct"].to_numpy().astype(bool)
     ba = np.nan_to_num(frame["broken_at"].to_numpy(dtype=float), nan=np.inf)
-    return cc & ~(ba <= eps + EXACT)
+    return cc & ~(ba <= eps + EPS_TOL)
 
 
 def paired_comparison(weak: AttackRun, strong: AttackRun) -> dict[str, Any] | None:

@@ -32,9 +32,14 @@ import numpy as np
 import torch
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.files import atomic_path, write_text_atomic
 from robustbench_er.core.metrics import to_norm, unit_scale
+from robustbench_er.core.norms import NORM_ATOL, NORM_RTOL, canonical_norm, perturbation_norm
+from robustbench_er.engine.spec import AttackConfig, make_attack
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.plugins.attack import verify
 from robustbench_er.plugins.detector import Detector
+from robustbench_er.plugins.registry import get_attack, get_detector
 
 
 def adaptive_pgd(model: DefendedModel, detector: Detector, x: torch.Tensor, y: torch.Tensor, eps: float, *,
@@ -117,7 +122,6 @@ def craft(attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, e
           batch_size: int, eot: int) -> tuple[torch.Tensor, np.ndarray]:
     """Adversarial examples of ``attack`` at ``eps`` (a bound for a minimization attack) and
     which of them are verified successful (in the ball, in [0, 1], misclassified)."""
-    from robustbench_er.plugins.attack import verify
 
     advs, oks = [], []
     torch.manual_seed(seed)
@@ -140,7 +144,6 @@ def craft(attack: Any, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, e
 
 def _inside(xa: torch.Tensor, x: torch.Tensor, norm: str, eps: torch.Tensor) -> torch.Tensor:
     """The ball test of :func:`robustbench_er.plugins.attack.verify` (same norm and tolerances)."""
-    from robustbench_er.core.norms import NORM_ATOL, NORM_RTOL, perturbation_norm
 
     return perturbation_norm(xa - x, norm) <= eps.to(xa.device) * (1 + NORM_RTOL) + NORM_ATOL
 
@@ -173,9 +176,6 @@ class DetectionSetup:
 def threat(cfg: Any, setup: DetectionSetup, dim: int) -> tuple[Any, str, float, float]:
     """``cfg`` without the detection-level keys, its norm, its eps as given, and its eps in the
     attack's own units (``norm=`` and ``eps=`` in an attack's parameters override the run's)."""
-    from robustbench_er.core.norms import canonical_norm
-    from robustbench_er.engine.sweep import AttackConfig
-    from robustbench_er.plugins.registry import get_attack
 
     params = dict(cfg.params)
     norm = params.pop("norm", None)
@@ -252,8 +252,6 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
     (a dict the caller keeps) holds set II's examples per test attack, so the runs of one
     defense with several training attacks craft each test attack once.
     """
-    from robustbench_er.engine.sweep import make_attack
-    from robustbench_er.plugins.registry import get_detector
 
     model: DefendedModel = trained.model.eval()
     ids = data.sample_ids(setup.samples)
@@ -341,7 +339,6 @@ def write_detection(rows: list[dict[str, Any]], out: Any, command: str) -> dict[
 
     import pandas as pd
 
-    from robustbench_er.core.files import atomic_path, write_text_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,7 +373,6 @@ def _roc_png(rows: list[dict[str, Any]], path: Any) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
-    from robustbench_er.core.files import atomic_path
 
     keys = list(dict.fromkeys((r["defense"], r["train_attack"], r["test_attack"]) for r in rows))
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 4), squeeze=False)

@@ -34,6 +34,9 @@ import numpy as np
 import torch
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.search import attack_batch
+from robustbench_er.engine.trained import checkpoint_folder, get_or_train
 
 #: test hook: when this names a file that does not exist, the first batch task to see it creates
 #: it and kills its own worker process, to check that Ray's retry is counted once
@@ -79,7 +82,6 @@ class RayExecutor:
     # ---- training jobs -------------------------------------------------------------------------
     def train(self, cfg: Any, prep: Any) -> None:
         """Train, as tasks, every defense whose checkpoint is not there yet; the driver loads them."""
-        from robustbench_er.engine.trained import checkpoint_folder
 
         pending = []
         for d in cfg.defenses:
@@ -117,7 +119,6 @@ def _device() -> torch.device:
 
 def _batch_task(packed: Any, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None, seed: int,
                 threads: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    from robustbench_er.engine.sweep import attack_batch
 
     marker = os.environ.get(CRASH_ONCE_ENV)
     if marker and not Path(marker).exists():
@@ -132,8 +133,6 @@ def _batch_task(packed: Any, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray
 
 def _train_task(defense: str, dataset: str, data_dir: str | None, profile: str, seed: int, out: str,
                 overrides: dict[str, Any] | None, threads: int) -> str:
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.trained import get_or_train
 
     torch.set_num_threads(threads)
     data = load_dataset(dataset, data_dir, False)

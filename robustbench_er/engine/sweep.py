@@ -23,30 +23,51 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.metrics import L2_UNITS, to_norm, unit_scale
+from robustbench_er.core.metrics import curve, to_norm
 from robustbench_er.core.norms import canonical_norm
-from robustbench_er.data.datasets import Dataset, load_dataset
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.checks import run_cell_checks
+from robustbench_er.engine.executor import make_executor
+from robustbench_er.engine.search import (
+    BatchRunner,
+    attack_points,
+    grid_index_at_or_above,
+    next_step,
+)
+from robustbench_er.engine.spec import (
+    MODES,
+    SEARCHES,
+    Cell,
+    ModelRef,
+    Prepared,
+    SweepConfig,
+    attached_models,
+    check_seeds,
+    eps_scale,
+    make_attack,
+    resolve_model,
+    seed_configs,
+    seed_for,
+    validate_grid,
+)
 from robustbench_er.engine.trained import Trained, get_or_train
-from robustbench_er.models.checkpoints import spec_hash
-from robustbench_er.models.defended import DefendedModel, check_model_output
-from robustbench_er.plugins.attack import Attack, verify
+from robustbench_er.models.checkpoints import spec_hash, versions
+from robustbench_er.models.defended import DefendedModel, check_model_output, device_of
 from robustbench_er.plugins.registry import (
-    DEFENSES,
     defense_label,
     get_attack,
     get_defense,
-    split_variant,
 )
 from robustbench_er.store.results import LEASE_TTL, KeepAlive, LeaseLost, Store, lease_owner
 
@@ -56,262 +77,11 @@ log = logging.getLogger(__name__)
 LEASE_POLL = 1.0
 
 
-@dataclass
-class AttackConfig:
-    """One attack of a sweep: registry name, parameters, and optional own grid / sample count."""
-
-    name: str
-    params: dict[str, Any] = field(default_factory=dict)
-    #: epsilons for this attack only (e.g. AutoAttack at the headline eps); None = the sweep's grid
-    eps: list[float] | None = None
-    #: evaluate this attack on the first n sample ids only (e.g. C&W on 200); None = all
-    samples: int | None = None
-    label: str | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-@dataclass
-class SweepConfig:
-    dataset: str
-    defenses: list[str]
-    attacks: list[AttackConfig]
-    eps: list[float]
-    norm: str = "Linf"
-    samples: int | None = 500
-    profile: str = "quick"
-    seed: int = 0
-    #: several seeds: the sweep runs once per seed (each trains its own checkpoints and has its own
-    #: cells, the seed being part of both identities); ``seed`` is then ignored
-    seeds: list[int] | None = None
-    out: Path = Path("results")
-    data_dir: str | None = None
-    download: bool = False
-    device: str = "auto"
-    batch_size: int = 128
-    #: forward passes for EOT gradients and majority votes on randomized defenses
-    eot: int = 10
-    headline: float | None = None
-    #: epsilons of the leaderboard's per-eps table (None: no table)
-    table_eps: list[float] | None = None
-    #: attack labels that get a per-eps table of their own (None: the worst case only)
-    table_attacks: list[str] | None = None
-    defense_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: defense name -> a checkpoint folder to evaluate instead of training (safetensors + meta.json)
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    progress: bool = True
-    #: "cascade" (each attack only on the points every earlier one left standing, per eps) or
-    #: "independent" (every attack on every point)
-    mode: str = "cascade"
-    #: how a fixed-epsilon attack walks the grid: "bisect" (per-sample search) or "ascending"
-    search: str = "bisect"
-    #: unit of L2 epsilons: "l2" (plain), "rms" (L2 / sqrt(number of pixels)) or "mse" (L2^2 /
-    #: number of pixels, our reading of the C&W bounds of Li et al. 2021; docs/reproduction.md)
-    l2_unit: str = "l2"
-    #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
-    #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.engine.executor)
-    executor: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
-
-
-def seed_configs(cfg: SweepConfig) -> list[SweepConfig]:
-    """One config per seed of ``cfg.seeds`` (``seeds`` cleared), or ``[cfg]`` for one seed."""
-    if not cfg.seeds:
-        return [cfg]
-    return [dataclasses.replace(cfg, seed=int(s), seeds=None) for s in cfg.seeds]
-
-
-def check_seeds(seeds: Sequence[Any] | None) -> list[int] | None:
-    """``seeds`` as distinct integers (None stays None); one sentence otherwise."""
-    if seeds is None:
-        return None
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-        raise UserInputError(f"Seeds must be a non-empty list of integers, e.g. 0,1,2; got {list(seeds)!r}.")
-    if len(set(seeds)) != len(seeds):
-        raise UserInputError(f"Seeds must be distinct; got {list(seeds)!r}.")
-    return [int(s) for s in seeds]
-
-
-def validate_grid(grid: Sequence[float], norm: str, dim: int | None = None) -> list[float]:
-    if not grid:
-        raise UserInputError("The epsilon grid is empty.")
-    g = [float(e) for e in grid]
-    if any(not math.isfinite(e) for e in g):
-        raise UserInputError("Epsilons must be finite numbers.")
-    if any(e < 0 for e in g):
-        raise UserInputError(f"Epsilons must be >= 0; got {min(g)}.")
-    if any(b <= a for a, b in zip(g, g[1:])):
-        raise UserInputError(f"The epsilon grid must be strictly ascending; got {g}.")
-    if norm == "Linf" and g[-1] > 1:
-        raise UserInputError(
-            f"An Linf epsilon of {g[-1]} exceeds 1; epsilons are on the [0, 1] image scale (e.g. 8/255 = 0.0314)."
-        )
-    if dim is not None:
-        diameter = {"Linf": 1.0, "L2": math.sqrt(dim), "L1": float(dim)}[norm]
-        if g[-1] > diameter:
-            raise UserInputError(f"An {norm} epsilon of {g[-1]} exceeds the diameter of [0, 1]^{dim} ({diameter:.4g}).")
-    return g
-
-
-@dataclass
-class Cell:
-    cell_id: str
-    spec: dict[str, Any]
-    dataset: Dataset
-    defense: str
-    trained: Trained
-    attack: Attack
-    attack_cfg: AttackConfig
-    grid: list[float]
-    sample_ids: np.ndarray
-    seed: int
-    eot: int
-    #: in a cascade, the cell of the previous stage (its outcomes are this cell's starting point)
-    upstream: str | None = None
-    #: "bisect" or "ascending" (fixed-epsilon attacks); "once" for minimization attacks
-    search: str = "ascending"
-
-
-def _seed_for(cell_id: str, step: int) -> int:
-    return int(hashlib.sha256(f"{cell_id}:{step}".encode()).hexdigest()[:8], 16)
-
-
-def make_attack(cfg: AttackConfig, norm: str, randomized: bool, eot: int) -> Attack:
-    cls = get_attack(cfg.name)
-    params = dict(cfg.params)
-    if randomized and "eot" not in params:
-        params["eot"] = eot
-    return cls(norm=norm, **params)
-
-
-@dataclass
-class ModelRef:
-    """A model that an attack's parameter names (``Attack.needs_models``), resolved by
-    :func:`resolve_model` before any work.
-
-    ``key`` names it among the models of the training step (:func:`train_defenses`): the
-    sweep's own defense name when the parameter names one of the sweep's defenses (then it is
-    that very model: its overrides, its checkpoint folder), ``model:<label>`` for another defense
-    or variant, ``folder:<path>`` for a checkpoint folder.
-    """
-
-    key: str
-    #: the defense (or variant) trained or loaded
-    defense: str
-    #: how it is shown: ``<label> (<param>)``
-    label: str
-    overrides: dict[str, Any] | None = None
-    #: a checkpoint folder to load instead of training
-    folder: str | None = None
-
-
-def _looks_like_path(text: str) -> bool:
-    return any(c in text for c in "/\\") or text.startswith((".", "~"))
-
-
-def resolve_model(value: Any, param: str, *, data: Dataset, profile: str, defenses: Sequence[str] = (),
-                  overrides: Mapping[str, dict[str, Any]] | None = None,
-                  checkpoints: Mapping[str, str] | None = None) -> ModelRef:
-    """What an attack's model parameter names: one of the sweep's ``defenses`` (that model), another
-    registered defense or variant (trained with the sweep's dataset, profile and seed), or a
-    checkpoint folder trained on ``data``'s dataset. Reads at most a ``meta.json``; raises a
-    UserInputError (one sentence, starting with ``param``) for anything else."""
-    import difflib
-
-    from robustbench_er.models.checkpoints import read_meta
-
-    if not isinstance(value, str) or not value.strip():
-        raise UserInputError(f"{param} must name a defense (or a variant NAME[key=value]) or a checkpoint folder,"
-                             f" got {value!r}.")
-    text = value.strip()
-    if not _looks_like_path(text):
-        try:
-            base, _ = split_variant(text)
-        except UserInputError as exc:
-            raise UserInputError(f"{param}: {exc}") from None
-        if base in DEFENSES:
-            label = defense_label(text)
-            for d in defenses:
-                if defense_label(d) == label:  # the sweep's own model, as it is evaluated
-                    return ModelRef(d, d, f"{label} ({param})", dict((overrides or {}).get(d) or {}) or None,
-                                    (checkpoints or {}).get(d))
-            cls = get_defense(text)
-            try:
-                cls.hparams(data.spec.name, profile)
-            except UserInputError as exc:
-                raise UserInputError(f"{param} {text!r}: {exc}") from None
-            if not cls.trainable:
-                raise UserInputError(f"{param} {text!r} cannot be trained; give a checkpoint folder instead.")
-            return ModelRef(f"model:{label}", text, f"{label} ({param})")
-    folder = Path(text).expanduser()
-    if not folder.is_dir() and _looks_like_path(text):
-        raise UserInputError(f"{param} {text!r} is not a checkpoint folder (no such folder).")
-    if not folder.is_dir():
-        close = difflib.get_close_matches(text.lower(), DEFENSES.names(), n=2, cutoff=0.5)
-        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
-        raise UserInputError(f"{param} {text!r} is neither a registered defense{hint} nor a checkpoint folder.")
-    try:
-        meta = read_meta(folder)
-    except UserInputError as exc:
-        raise UserInputError(f"{param}: {str(exc)[0].lower()}{str(exc)[1:]}") from None
-    if meta.get("dataset") != data.spec.name:
-        raise UserInputError(f"{param}: checkpoint {text!r} was trained on {meta.get('dataset')!r}, not on the"
-                             f" sweep's dataset {data.spec.name!r}.")
-    held = str(meta.get("defense"))
-    if held not in DEFENSES:
-        raise UserInputError(f"{param}: checkpoint {text!r} holds defense {held!r}, which is not registered.")
-    return ModelRef(f"folder:{folder.resolve()}", held, f"{defense_label(held)} from {text} ({param})",
-                    folder=str(folder))
-
-
-def _attached_models(attack: Attack, prep: Prepared, trained: Mapping[str, Trained]) -> dict[str, Trained]:
-    """The trained models an attack's ``needs_models`` parameters name (trained by :func:`train_defenses`)."""
-    out = {}
-    for p in attack.needs_models:
-        ref = prep.models.get(str(getattr(attack.params, p)).strip())
-        if ref is None or ref.key not in trained:
-            raise RuntimeError(f"the model for {attack.name}'s {p!r} is not trained; run train_defenses first")
-        out[p] = trained[ref.key]
-    return out
-
-
-MODES = ("cascade", "independent")
-SEARCHES = ("bisect", "ascending")
-
-
-def eps_scale(norm: str, l2_unit: str, dim: int) -> float:
-    """The scale of the user's epsilon unit (:func:`robustbench_er.core.metrics.unit_scale`):
-    sqrt(pixels) for L2 in RMS or MSE units; :func:`robustbench_er.core.metrics.to_norm` converts."""
-    if l2_unit not in L2_UNITS:
-        raise UserInputError(f"Unknown L2 unit {l2_unit!r}; use one of {', '.join(L2_UNITS)}.")
-    if l2_unit != "l2" and norm != "L2":
-        raise UserInputError(f"The {l2_unit} unit applies to L2 epsilons only, not {norm}.")
-    return unit_scale(norm, l2_unit, dim)
-
-
-@dataclass
-class Prepared:
-    """A sweep's inputs once checked: the dataset, the grid in the norm's own unit, the sample ids
-    and each attack's own grid. Built by :func:`prepare`, which trains and writes nothing."""
-
-    data: Dataset
-    norm: str
-    grid: list[float]
-    scale: float
-    ids: np.ndarray
-    attack_grids: list[list[float] | None]
-    device: torch.device
-    #: the models attacks' parameters name (``Attack.needs_models``), by the value as given
-    models: dict[str, ModelRef] = field(default_factory=dict)
-
-
 def prepare(cfg: SweepConfig) -> Prepared:
     """Check every name, grid, sample count and attack parameter of ``cfg`` and load the data.
 
     Nothing is trained or written, so a bad input costs nothing.
     """
-    from robustbench_er.core.device import resolve_device
 
     norm = canonical_norm(cfg.norm)
     if not cfg.defenses:
@@ -419,7 +189,7 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
                 continue
             attack = make_attack(a, norm, randomized, eot)
             if attack.needs_models:  # the models its parameters name, trained in the training step
-                attack.use_models(_attached_models(attack, prep, trained))
+                attack.use_models(attached_models(attack, prep, trained))
             try:
                 attack.check_model(model)
             except UserInputError as exc:
@@ -486,160 +256,6 @@ class CellSummary:
     seed: int = 0
 
 
-def grid_index_at_or_above(grid: Sequence[float], value: float) -> int:
-    """Index of the smallest grid epsilon whose ball holds a perturbation of norm ``value``
-    (within the verifier's float tolerance); ``len(grid)`` if none does."""
-    from robustbench_er.core.norms import NORM_ATOL, NORM_RTOL
-
-    for i, g in enumerate(grid):
-        if value <= g * (1 + NORM_RTOL) + NORM_ATOL:
-            return i
-    return len(grid)
-
-
-def bisect_state(out: Any, grid: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Per sample, the (lo, hi) grid indices of a grid search read from the outcomes.
-
-    ``lo``: the largest index known to survive (the cell's own ``survived_eps``, or the index of
-    eps 0 when the grid starts at 0, else -1); ``hi``: the smallest index known broken (from
-    ``broken_at``, the cell's own or an upstream stage's), ``len(grid)`` if none. A sample is
-    resolved once ``hi - lo <= 1``.
-    """
-    k = len(grid)
-    base = 0 if grid and grid[0] <= 0 else -1
-    lo = np.full(len(out), base, dtype=int)
-    hi = np.full(len(out), k, dtype=int)
-    idx = {round(float(g), 12): i for i, g in enumerate(grid)}
-    for j, (sv, ba) in enumerate(zip(out["survived_eps"].to_numpy(dtype=float), out["broken_at"].to_numpy(dtype=float))):
-        if not math.isnan(sv):
-            lo[j] = max(lo[j], idx.get(round(sv, 12), base))
-        if not math.isnan(ba):
-            hi[j] = grid_index_at_or_above(grid, ba)
-    return lo, hi
-
-
-#: one batch's (verified mask, measured norms, the attack's messages about the batch)
-BatchResult = tuple[np.ndarray, np.ndarray, list[str]]
-
-
-@dataclass
-class BatchJob:
-    """One batch of a step: the positions (into the cell's points) it attacks, their epsilons
-    (None for a minimization attack) and its own seed. A step is cut into batches the same way
-    whoever runs them, and each batch draws only from its own seed, so running the batches one
-    after the other here or spread over workers (:mod:`robustbench_er.engine.executor`) gives the same
-    per-sample results."""
-
-    index: int
-    sel: np.ndarray
-    eps: np.ndarray | None
-    seed: int
-
-
-def step_batches(pos: np.ndarray, eps: np.ndarray | None, seed: int, batch_size: int) -> list[BatchJob]:
-    """Cut a step's points into batches, in order of epsilon (libraries that take one scalar
-    epsilon see few groups per batch); batch ``b`` is seeded with ``seed + b``."""
-    order = np.lexsort((pos, eps)) if eps is not None else np.arange(len(pos))
-    jobs = []
-    for k, b in enumerate(range(0, len(order), batch_size)):
-        sel = order[b:b + batch_size]
-        jobs.append(BatchJob(k, sel, None if eps is None else eps[sel], (seed + k) % (2**31 - 1)))
-    return jobs
-
-
-def attack_batch(attack: Attack, model: DefendedModel, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None,
-                 eot: int, seed: int) -> BatchResult:
-    """Attack one batch and verify every example: (verified mask, measured norms, the attack's
-    messages about this batch)."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    del attack.warnings[:]  # what this batch says, nothing older
-    if eps is None:
-        x_adv = attack.run(attack.target(model), xb, yb, generator=gen)
-        ok, norms = verify(model, xb, x_adv, yb, attack.norm, None, eot)
-    else:
-        e = torch.as_tensor(eps, dtype=xb.dtype, device=xb.device)
-        x_adv = attack.run(attack.target(model), xb, yb, e, generator=gen)
-        ok, norms = verify(model, xb, x_adv, yb, attack.norm, e, eot)
-    return ok.cpu().numpy(), norms.cpu().numpy(), [str(w) for w in attack.warnings]
-
-
-#: runs a step's batches and returns each one's :data:`BatchResult`, in the order given
-BatchRunner = Callable[[Cell, torch.Tensor, torch.Tensor, np.ndarray, list[BatchJob]], list["BatchResult"]]
-
-
-def run_batches_here(cell: Cell, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
-                     jobs: list[BatchJob]) -> list[BatchResult]:
-    """The local executor: every batch in this process, one after the other."""
-    dev = x_all.device
-    out = []
-    for job in jobs:
-        bpos = torch.as_tensor(pos[job.sel], device=dev)
-        out.append(attack_batch(cell.attack, cell.trained.model, x_all[bpos], y_all[bpos], job.eps, cell.eot,
-                                job.seed))
-    return out
-
-
-def _attack_points(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
-                   eps: np.ndarray | None, seed: int, batch_size: int,
-                   runner: BatchRunner | None = None) -> BatchResult:
-    """Attack the points at positions ``pos`` (per-sample ``eps``, or None for a minimization attack).
-
-    Returns (verified mask, measured norms) in the order of ``pos``, and the attack's messages
-    over the batches (in batch order, each once).
-    """
-    jobs = step_batches(pos, eps, seed, batch_size)
-    ok_all = np.zeros(len(pos), dtype=bool)
-    norms_all = np.full(len(pos), np.nan)
-    said: dict[str, None] = {}
-    for job, (ok, norms, messages) in zip(jobs, (runner or run_batches_here)(cell, x_all, y_all, pos, jobs)):
-        ok_all[job.sel] = ok
-        norms_all[job.sel] = norms
-        said.update(dict.fromkeys(messages))
-    return ok_all, norms_all, list(said)
-
-
-def _next_step(cell: Cell, out: Any, step: int) -> tuple[float, np.ndarray, np.ndarray | None, str] | None:
-    """What the cell's ``step``-th step attacks, read from its outcomes so far.
-
-    Returns (eps to record, positions, per-position eps or None, phase) or None when finished.
-    The phase is "search" or "retry" (a second attempt at each sample's largest surviving eps).
-    """
-    grid = cell.grid
-    cc = out["clean_correct"].to_numpy().astype(bool)
-    ba = np.nan_to_num(out["broken_at"].to_numpy(dtype=float), nan=np.inf)
-    if cell.search == "once":
-        if step > 0:
-            return None
-        pos_grid = [e for e in grid if e > 0] or grid
-        pos = np.flatnonzero(cc & (ba > min(pos_grid) + EPS_TOL))
-        return float("nan"), pos, None, "search"
-    if cell.search == "ascending":
-        if step >= len(grid):
-            return None
-        e = float(grid[step])
-        pos = np.flatnonzero(cc & (ba > e + EPS_TOL))
-        return e, pos, np.full(len(pos), e), "search"
-    # bisect: every unresolved sample at the middle of its own interval; then one retry round
-    lo, hi = bisect_state(out, grid)
-    active = cc & (hi - lo > 1)
-    if active.any():
-        pos = np.flatnonzero(active)
-        mid = (lo[pos] + hi[pos]) // 2
-        return float("nan"), pos, np.asarray(grid, dtype=float)[mid], "search"
-    tries = out["tries"].fillna(0).to_numpy(dtype=int)
-    g = np.asarray(grid, dtype=float)
-    retry = cc & (lo >= 0) & (tries == 0) & (hi - lo == 1)
-    retry &= np.where(lo >= 0, g[np.clip(lo, 0, len(g) - 1)], 0.0) > 0
-    if cell.spec.get("retry", False) and retry.any():
-        pos = np.flatnonzero(retry)
-        return float("nan"), pos, g[lo[pos]], "retry"
-    return None
-
-
-EPS_TOL = 1e-9
-
-
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
              on_step: Callable[[int], None] | None = None, heartbeat: Callable[[], None] | None = None,
              runner: BatchRunner | None = None) -> CellSummary:
@@ -653,8 +269,6 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
     """
     from tqdm.auto import tqdm
 
-    from robustbench_er.core.metrics import curve
-    from robustbench_er.models.defended import device_of
 
     model: DefendedModel = cell.trained.model
     dev = device_of(model)
@@ -680,7 +294,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
                                 up["clean_correct"].astype(bool).tolist(), up["broken_at"].tolist(),
                                 up["broken_by"].tolist())
             else:
-                torch.manual_seed(_seed_for(cell.cell_id, -1))
+                torch.manual_seed(seed_for(cell.cell_id, -1))
                 pred = model.predict_label(x_all, n_passes=cell.eot, batch_size=batch_size)
                 store.set_clean(cell.cell_id, cell.sample_ids, y_all.cpu().tolist(), (pred == y_all).cpu().tolist())
         label = cell.attack_cfg.display
@@ -690,7 +304,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
         ran = 0
         while True:
             out = store.outcomes(cell.cell_id)
-            nxt = _next_step(cell, out, step)
+            nxt = next_step(cell, out, step)
             if nxt is None:
                 break
             if on_step is not None:
@@ -705,7 +319,7 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
             survived: dict[int, float | None] = {}
             messages: list[str] = []
             if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
-                ok, norms, messages = _attack_points(cell, model, x_all, y_all, pos, eps, _seed_for(cell.cell_id, step),
+                ok, norms, messages = attack_points(cell, model, x_all, y_all, pos, eps, seed_for(cell.cell_id, step),
                                            batch_size, runner)
                 for j, p in enumerate(pos):
                     sid = int(cell.sample_ids[p])
@@ -748,9 +362,6 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
                   on_step: Callable[[int], None] | None = None) -> tuple[list[CellSummary], dict[str, float] | None]:
     """Plan, run every cell (resuming finished steps) and run the checks; return the cells'
     summaries and the headline epsilon per norm for the reports (``jobs.sweep`` writes them)."""
-    from robustbench_er.engine.checks import run_cell_checks
-    from robustbench_er.engine.executor import make_executor
-    from robustbench_er.models.checkpoints import versions
 
     out = Path(cfg.out)
     prep = prepare(cfg)

@@ -29,6 +29,8 @@ from robustbench_er.models.checkpoints import (
 )
 from robustbench_er.models.defended import DefendedModel, check_model_output
 from robustbench_er.models.training import accuracy
+from robustbench_er.plugins.registry import get_defense
+from robustbench_er.store.results import LEASE_TTL, KeepAlive, LeaseTable, connect, lease_owner
 
 if TYPE_CHECKING:
     from robustbench_er.plugins.defense import Defense
@@ -78,7 +80,6 @@ class Trained:
 
 
 def build_model(defense_name: str, spec: DatasetSpec, hp: Any) -> DefendedModel:
-    from robustbench_er.plugins.registry import get_defense
 
     d = get_defense(defense_name)()
     return d.wrap(d.build(spec, hp), spec, hp)
@@ -91,7 +92,6 @@ TRAIN_POLL = 1.0
 def checkpoint_folder(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
                       out: Path = Path("results"), overrides: dict[str, Any] | None = None) -> Path:
     """Where the checkpoint of this training spec lives (whether or not it exists yet)."""
-    from robustbench_er.plugins.registry import get_defense
 
     cls = get_defense(defense_name)
     hp = cls.hparams(data.spec.name, profile, overrides)
@@ -117,8 +117,6 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
     expires and the next process to look trains instead. The lease lives beside the
     checkpoints rather than in the results store, which need not exist when training starts.
     """
-    from robustbench_er.plugins.registry import get_defense
-    from robustbench_er.store.results import LEASE_TTL, KeepAlive, LeaseTable, connect, lease_owner
 
     cls = get_defense(defense_name)
     if checkpoint_dir is not None:

@@ -24,8 +24,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.metrics import L2_UNITS, to_norm, unit_scale
+from robustbench_er.core.metrics import EPS_TOL, L2_UNITS, to_norm, unit_scale
+from robustbench_er.core.norms import NORMS, canonical_norm
 from robustbench_er.core.text import (
     check_dataclass_values,
     parse_attack_text,
@@ -33,7 +35,19 @@ from robustbench_er.core.text import (
     parse_number,
     split_top_level,
 )
-from robustbench_er.engine.sweep import MODES, SEARCHES
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.spec import (
+    MODES,
+    SEARCHES,
+    AttackConfig,
+    SweepConfig,
+    make_attack,
+    resolve_model,
+    validate_grid,
+)
+from robustbench_er.models.checkpoints import read_meta
+from robustbench_er.plugins.registry import ATTACKS, DATASETS, DEFENSES, get_defense, split_variant
+from robustbench_er.report.study import study_variants
 
 DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
@@ -236,7 +250,6 @@ class SweepSpec(_Model):
     @field_validator("norm", mode="before")
     @classmethod
     def _norm(cls, v: Any) -> Any:
-        from robustbench_er.core.norms import NORMS, canonical_norm
 
         try:
             return canonical_norm(str(v))
@@ -429,7 +442,6 @@ def check_output_folder(path: str | Path, where: str = "out") -> None:
 
 
 def check_device(name: str, where: str = "device") -> None:
-    from robustbench_er.core.device import resolve_device
 
     try:
         resolve_device(name)
@@ -440,22 +452,6 @@ def check_device(name: str, where: str = "device") -> None:
 def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, progress: bool = True) -> Any:
     """Check ``spec`` against the registries, the dataset and the plugins' typed parameters and
     return the SweepConfig; every error is a UserInputError naming the field."""
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.sweep import (
-        AttackConfig,
-        SweepConfig,
-        make_attack,
-        resolve_model,
-        validate_grid,
-    )
-    from robustbench_er.models.checkpoints import read_meta
-    from robustbench_er.plugins.registry import (
-        ATTACKS,
-        DATASETS,
-        DEFENSES,
-        get_defense,
-        split_variant,
-    )
 
     def at(*loc: Any) -> str:
         return _loc_text(loc, where, cli)
@@ -546,14 +542,14 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
     hl = spec.headline
     if hl is not None:
         points = set(grid).union(*(a.eps or [] for a in attacks))
-        if not any(abs(hl - p) <= 1e-9 for p in points):
+        if not any(abs(hl - p) <= EPS_TOL for p in points):
             near = min(points, key=lambda p: abs(p - hl))
             raise UserInputError(f"{at('headline')}: {hl} is not on the sweep's epsilon grid"
                                  f" (the nearest grid point is {near}).")
 
     for e in spec.table_eps or []:
         points = set(grid).union(*(a.eps or [] for a in attacks))
-        if not any(abs(e - p) <= 1e-9 for p in points):
+        if not any(abs(e - p) <= EPS_TOL for p in points):
             near = min(points, key=lambda p: abs(p - e))
             raise UserInputError(f"{at('table_eps')}: {e} is not on the sweep's epsilon grid"
                                  f" (the nearest grid point is {near}).")
@@ -647,7 +643,6 @@ def _parse_experiment(raw: Any, out: str | None, device: str | None, source: str
                 shared["defenses"] = base["defenses"]
             jobs[section].append(({**shared, **job, **given}, f"{section}[{i}]." if len(items) > 1 else f"{section}."))
     if exp.study:
-        from robustbench_er.report.study import study_variants
 
         defenses = base.get("defenses") or []
         defenses = [defenses] if isinstance(defenses, (str, Mapping)) else list(defenses)

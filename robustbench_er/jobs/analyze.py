@@ -17,8 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.text import name_list
+from robustbench_er.core.files import atomic_path, write_text_atomic
+from robustbench_er.core.text import name_list, parse_attack_text, parse_sets
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.inputs.config import check_device, check_output_folder
+from robustbench_er.plugins.analysis import AnalysisContext, AnalysisResult, result_key
+from robustbench_er.plugins.registry import get_analysis, get_defense
+from robustbench_er.store.results import Store
 
 ANALYZE_KEYS = ("dataset", "defenses", "analyses", "profile", "seed", "set", "data_dir", "device", "out")
 CLI_FLAGS = {"defenses": "--defense", "analyses": "--analysis", "set": "--set"}
@@ -42,10 +50,6 @@ class AnalysisPlan:
 
 def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) -> AnalysisPlan:
     """Check an analysis job's keys; one sentence on the first bad one, nothing written."""
-    from robustbench_er.core.text import parse_attack_text, parse_sets
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.inputs.config import check_device, check_output_folder
-    from robustbench_er.plugins.registry import get_analysis, get_defense
 
     def at(key: str) -> str:
         return CLI_FLAGS.get(key, "--" + key.replace("_", "-")) if cli else f"{where}{key}"
@@ -113,10 +117,6 @@ def run_analysis_job(plan: AnalysisPlan, command: str, progress: bool = True,
     """Train or load each defense, run every analysis not in the store yet, write the outputs."""
     import time
 
-    from robustbench_er.core.device import resolve_device
-    from robustbench_er.engine.trained import get_or_train
-    from robustbench_er.plugins.analysis import AnalysisContext, AnalysisResult, result_key
-    from robustbench_er.store.results import Store
 
     results: list[tuple[Any, str, str, AnalysisResult]] = []
     store = Store(plan.out)
@@ -167,7 +167,6 @@ def write_analyses(results: list[tuple[Any, str, str, Any]], out: Path, command:
     summary.md over ``everything`` in the store (every job that wrote to ``out``)."""
     import pandas as pd
 
-    from robustbench_er.core.files import atomic_path, write_text_atomic
 
     root = Path(out) / "analyses"
     paths: dict[str, Path] = {}

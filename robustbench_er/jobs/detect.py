@@ -17,8 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.text import name_list
+from robustbench_er.core.norms import canonical_norm
+from robustbench_er.core.text import name_list, parse_attack_text, parse_eps, parse_sets
+from robustbench_er.data.datasets import load_dataset
+from robustbench_er.engine.detection import DetectionSetup, run_detection, threat, write_detection
+from robustbench_er.engine.spec import AttackConfig, make_attack
+from robustbench_er.engine.trained import get_or_train
+from robustbench_er.inputs.config import check_device, check_output_folder
+from robustbench_er.plugins.registry import get_attack, get_defense, get_detector
+from robustbench_er.store.results import Store
 
 DETECT_KEYS = ("dataset", "defenses", "detectors", "train_attacks", "test_attacks", "norm", "eps", "l2_unit",
                "samples", "split", "split_seed", "seed", "profile", "set", "data_dir", "device", "out",
@@ -51,13 +60,6 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
     def at(key: str) -> str:
         return CLI_FLAGS.get(key, "--" + key.replace("_", "-")) if cli else f"{where}{key}"
 
-    from robustbench_er.core.norms import canonical_norm
-    from robustbench_er.core.text import parse_attack_text, parse_eps, parse_sets
-    from robustbench_er.data.datasets import load_dataset
-    from robustbench_er.engine.detection import DetectionSetup, threat
-    from robustbench_er.engine.sweep import AttackConfig, make_attack
-    from robustbench_er.inputs.config import check_device, check_output_folder
-    from robustbench_er.plugins.registry import get_attack, get_defense, get_detector
 
     unknown = sorted(set(raw) - set(DETECT_KEYS))
     if unknown:
@@ -146,10 +148,6 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
 def run_detection_job(plan: DetectionPlan, command: str, progress: bool = True,
                       say: Callable[[str], None] = print) -> dict[str, Path]:
     """Train or load each defense, run every detection cell not in the store yet, write the outputs."""
-    from robustbench_er.core.device import resolve_device
-    from robustbench_er.engine.detection import run_detection, write_detection
-    from robustbench_er.engine.trained import get_or_train
-    from robustbench_er.store.results import Store
 
     rows = []
     store = Store(plan.out)

@@ -27,6 +27,12 @@ from typing import Any
 import pandas as pd
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.engine.detection import cell_key, detection_cells
+from robustbench_er.engine.spec import make_attack, seed_configs
+from robustbench_er.engine.sweep import plan, prepare
+from robustbench_er.engine.trained import checkpoint_folder, get_or_train
+from robustbench_er.jobs.analyze import analysis_identity
+from robustbench_er.plugins.analysis import result_key
 
 
 def _stored_keys(path: Path, table: str) -> set[str]:
@@ -69,7 +75,6 @@ def _rounds(kind: str, search: str, k: int, retry: bool) -> int:
 def plan_rows(cfg: Any) -> pd.DataFrame:
     """One row per training job and per cell of ``cfg`` (a SweepConfig), with its cache state;
     every seed of ``cfg.seeds`` in turn (column ``seed``)."""
-    from robustbench_er.engine.sweep import prepare, seed_configs
 
     cfg = dataclasses.replace(cfg, download=False, progress=False)
     prep = prepare(cfg)
@@ -80,8 +85,6 @@ def plan_rows(cfg: Any) -> pd.DataFrame:
 def _seed_rows(cfg: Any, prep: Any, store: dict[str, tuple[str, int]]) -> list[dict[str, Any]]:
     """The rows of one seed: its training jobs (the sweep's defenses, then the models attacks'
     parameters name, e.g. a transfer attack's surrogate), then its cells."""
-    from robustbench_er.engine.sweep import make_attack, plan
-    from robustbench_er.engine.trained import checkpoint_folder, get_or_train
 
     rows: list[dict[str, Any]] = []
     trained = {}
@@ -178,7 +181,6 @@ def render(frames: list[pd.DataFrame], names: list[str]) -> str:
 def _model_job(defense: str, plan: Any) -> tuple[dict[str, Any], Any]:
     """The training row of a detection or analysis job's defense and, if its checkpoint exists,
     the loaded model (its identity keys the job's results), else None."""
-    from robustbench_er.engine.trained import checkpoint_folder, get_or_train
 
     folder = checkpoint_folder(defense, plan.data, profile=plan.profile, seed=plan.seed, out=plan.out,
                                overrides=plan.overrides)
@@ -196,7 +198,6 @@ def _model_job(defense: str, plan: Any) -> tuple[dict[str, Any], Any]:
 def detection_rows(plan: Any) -> pd.DataFrame:
     """``--dry-run`` of a detection job: each defense's training job, then each detection cell
     (detector x training attack x test attack) with its cache state in the job's store."""
-    from robustbench_er.engine.detection import cell_key, detection_cells
 
     stored = _stored_keys(Path(plan.out) / "store.sqlite", "detection")
     rows: list[dict[str, Any]] = []
@@ -219,8 +220,6 @@ def detection_rows(plan: Any) -> pd.DataFrame:
 def analysis_rows(plan: Any) -> pd.DataFrame:
     """``--dry-run`` of an analysis job: each defense's training job, then each (analysis,
     target) result with its cache state in the job's store."""
-    from robustbench_er.jobs.analyze import analysis_identity
-    from robustbench_er.plugins.analysis import result_key
 
     stored = _stored_keys(Path(plan.out) / "store.sqlite", "analyses")
     rows: list[dict[str, Any]] = []

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from robustbench_er.engine.sweep import CellSummary, SweepConfig, execute_sweep
+from robustbench_er.engine.spec import SweepConfig
+from robustbench_er.engine.sweep import CellSummary, execute_sweep
 from robustbench_er.engine.trained import Trained
-from robustbench_er.report.tables import write_reports
+from robustbench_er.report.writers import write_reports
 from robustbench_er.store.results import Store
 
 

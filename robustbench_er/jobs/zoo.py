@@ -25,6 +25,9 @@ from typing import Any
 from torch import nn
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.data.datasets import SPECS
+from robustbench_er.models.checkpoints import read_meta
+from robustbench_er.plugins.given import given_model, read_state_dict, save_given
 
 PREFIX = "robustbench:"
 #: our dataset names -> RobustBench's (the zoo covers these)
@@ -88,9 +91,6 @@ def weights_path(model_dir: str | Path, model: str, dataset: str, norm: str) -> 
 def zoo_checkpoint(spec_name: str, dataset: str, norm: str, *, model_dir: str | Path | None, out: str | Path,
                    download: bool = False) -> Path:
     """Write (or find) the harness checkpoint of a zoo model; return its folder."""
-    from robustbench_er.data.datasets import SPECS
-    from robustbench_er.jobs.imported import given_model, read_state_dict, save_given
-    from robustbench_er.models.checkpoints import read_meta
 
     model = spec_name.strip()[len(PREFIX):]
     if model_dir is None:

@@ -4,6 +4,7 @@
 ``mnist_4c4f``, ``vgg19_bn``, ``stl10_6c4f`` and ``tiny_13c4f`` are the baseline networks of the
 ER-Classifier paper (Li et al. 2021, Table 15), in :mod:`robustbench_er.models.paper_nets`."""
 
+from robustbench_er.core.errors import UserInputError
 from robustbench_er.models.paper_nets import PAPER_NETS, VGG19BN, Mnist4C4F, STL10Net6C4F, Tiny13C4F
 from robustbench_er.models.resnet import ResNet5, ResNet18
 from robustbench_er.models.small_cnn import SmallCNN, TinyCNN
@@ -15,7 +16,6 @@ __all__ = ["BACKBONES", "VGG19BN", "Mnist4C4F", "ResNet5", "ResNet18", "STL10Net
 
 
 def build_backbone(name: str, in_channels: int, classes: int, image_size: int):  # type: ignore[no-untyped-def]
-    from robustbench_er.core.errors import UserInputError
 
     if name not in BACKBONES:
         raise UserInputError(f"Unknown backbone {name!r}; known: {', '.join(sorted(BACKBONES))}.")

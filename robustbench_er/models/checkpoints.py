@@ -21,6 +21,7 @@ from torch import nn
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.files import atomic_path, write_text_atomic
 from robustbench_er.core.identity import identity_params, with_version
+from robustbench_er.core.version import __version__
 from robustbench_er.models.defended import DefendedModel
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ def _weights_hash(state: dict[str, torch.Tensor]) -> str:
 def versions() -> dict[str, str]:
     import numpy
 
-    from robustbench_er.core.version import __version__
 
     return {"robustbench_er": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}

@@ -27,9 +27,12 @@ import numpy as np
 import torch
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.files import atomic_path
 from robustbench_er.core.identity import added_field as added_field
 from robustbench_er.core.identity import identity_params, with_version
+from robustbench_er.core.text import check_dataclass_values
 from robustbench_er.models.defended import DefendedModel
+from robustbench_er.models.pgd import pgd
 
 
 @dataclass
@@ -97,7 +100,6 @@ class Analysis:
     def __init__(self, **params: Any) -> None:
         import dataclasses
 
-        from robustbench_er.core.text import check_dataclass_values
 
         known = [f.name for f in dataclasses.fields(self.Params)]
         for key in params:
@@ -158,7 +160,6 @@ def pgd_examples(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: fl
                  seed: int = 0, batch_size: int = 256) -> torch.Tensor:
     """Linf PGD examples at ``eps`` (the harness's own PGD: step 2.5 eps / steps, random start, every
     step taken, so the examples sit where the loss is highest rather than just past the boundary)."""
-    from robustbench_er.models.pgd import pgd
 
     if eps <= 0:
         return x.clone()
@@ -179,7 +180,6 @@ def figure(path: Path, draw: Callable[[Any], None], size: tuple[float, float] = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robustbench_er.core.files import atomic_path
 
     fig, ax = plt.subplots(figsize=size)
     draw(ax)

@@ -30,9 +30,11 @@ from torch import nn
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.identity import added_field
+from robustbench_er.core.text import check_dataclass_values
 from robustbench_er.data.datasets import Dataset, DatasetSpec
 from robustbench_er.models.defended import OUTPUTS, DefendedModel, check_model_output, device_of
 from robustbench_er.models.hparams import PROFILES, AdversarialHParams, HParams
+from robustbench_er.models.training import accuracy, fit, make_optimizer, training_batches
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,6 @@ class Defense:
             raise UserInputError(
                 f"Defense {cls.name!r} has no {profile!r} preset for {dataset!r}; it has {', '.join(sorted(per))}."
             )
-        from robustbench_er.core.text import check_dataclass_values
 
         values = dict(per[profile])
         fields = {f.name: f for f in dataclasses.fields(cls.HParams)}
@@ -136,9 +137,6 @@ def validate_defense_class(name: str, obj: Any) -> None:
                 raise TypeError(f"Defense {name!r}: preset {ds}/{prof} sets unknown fields {sorted(unknown)}.")
 
 
-# What plugins import from here besides the contract: the wrapper, hyper-parameters and the
-# training loop live in their own modules and are re-exported under their old names.
-from robustbench_er.models.training import accuracy, fit, make_optimizer, training_batches  # noqa: E402
 
 __all__ = ["OUTPUTS", "PROFILES", "AdversarialHParams", "DefendedModel", "Defense", "HParams", "accuracy",
            "added_field",

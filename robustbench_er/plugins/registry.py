@@ -24,32 +24,33 @@ from robustbench_er.core.registry import Registry, register_with
 
 # re-exported: one registry per kind, datasets' in the data layer
 from robustbench_er.core.registry import normalize as normalize
+from robustbench_er.core.text import split_top_level, yaml_value
 from robustbench_er.data.datasets import DATASETS as DATASETS
 from robustbench_er.data.datasets import register_dataset as register_dataset
+from robustbench_er.plugins.analysis import validate_analysis_class
+from robustbench_er.plugins.attack import validate_attack_class
+from robustbench_er.plugins.defense import validate_defense_class
+from robustbench_er.plugins.detector import validate_detector_class
 
 T = TypeVar("T")
 
 
 def _validate_defense(name: str, obj: Any) -> None:
-    from robustbench_er.plugins.defense import validate_defense_class
 
     validate_defense_class(name, obj)
 
 
 def _validate_attack(name: str, obj: Any) -> None:
-    from robustbench_er.plugins.attack import validate_attack_class
 
     validate_attack_class(name, obj)
 
 
 def _validate_detector(name: str, obj: Any) -> None:
-    from robustbench_er.plugins.detector import validate_detector_class
 
     validate_detector_class(name, obj)
 
 
 def _validate_analysis(name: str, obj: Any) -> None:
-    from robustbench_er.plugins.analysis import validate_analysis_class
 
     validate_analysis_class(name, obj)
 
@@ -101,7 +102,6 @@ def split_variant(name: str) -> tuple[str, dict[str, Any]]:
     a plain name -> ``(name, {})``. Values are read as YAML (``8`` an int, ``0.1`` a float)."""
     import re
 
-    from robustbench_er.core.text import split_top_level, yaml_value
 
     m = re.fullmatch(r"\s*([\w.-]+)\s*\[(.*)\]\s*", name)
     if not m:

@@ -13,6 +13,8 @@ import html
 from pathlib import Path
 from typing import Any
 
+from robustbench_er.report.tables import LEGEND, leaderboard_sections
+
 SCRIPT = """
 function sortBy(th) {
   const table = th.closest('table'), body = table.tBodies[0];
@@ -48,7 +50,6 @@ pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; }
 
 
 def leaderboard_html(t: Any, prov: dict[str, Any], images: list[Path]) -> str:
-    from robustbench_er.report.tables import LEGEND, leaderboard_sections
 
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -24,13 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_er.core.errors import UserInputError
+from robustbench_er.core.files import atomic_path
+from robustbench_er.core.metrics import EPS_TOL
+from robustbench_er.plugins.registry import variant_label
+from robustbench_er.report.tables import WORST, build_tables
+from robustbench_er.store.results import Store
 
 STUDY_KEYS = ("defense", "param", "values", "eps")
 
 
 def study_variants(study: Mapping[str, Any], where: str = "study") -> list[str]:
     """The defense variants a study adds to its sweep (one sentence on a malformed study)."""
-    from robustbench_er.plugins.registry import variant_label
 
     unknown = sorted(set(study) - set(STUDY_KEYS))
     if unknown:
@@ -57,9 +61,6 @@ def write_study(out: Path, study: Mapping[str, Any], headline: float | None, com
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from robustbench_er.core.files import atomic_path
-    from robustbench_er.report.tables import WORST, build_tables
-    from robustbench_er.store.results import Store
 
     store = Store(out)
     try:
@@ -79,7 +80,7 @@ def write_study(out: Path, study: Mapping[str, Any], headline: float | None, com
         for e in eps_list:
             near = part.iloc[(part["eps"] - e).abs().argsort()[:1]]
             r = near.iloc[0]
-            if abs(float(r["eps"]) - e) > 1e-6:
+            if abs(float(r["eps"]) - e) > EPS_TOL:
                 continue
             rows.append({"defense": study["defense"], "param": study["param"], "value": value, "variant": label,
                          "norm": r["norm"], "eps": e, "clean_acc": float(r["clean_acc"]),

@@ -21,15 +21,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.files import atomic_path, write_text_atomic
 from robustbench_er.core.metrics import EPS_TOL, auc, curve, from_norm, pretty_eps, worst_case
+from robustbench_er.core.norms import canonical_norm
 from robustbench_er.engine.checks import attack_run, cross_attack_flags
 from robustbench_er.store.results import Store
 
@@ -43,7 +42,7 @@ def _snap(grid: list[float], target: float | None) -> float:
     pos = [e for e in grid if e > 0] or grid
     if target is None:
         return pos[-1]
-    below = [e for e in pos if e <= target + 1e-9]
+    below = [e for e in pos if e <= target + EPS_TOL]
     return below[-1] if below else pos[0]
 
 
@@ -56,9 +55,8 @@ def _headline_for(headline: Headline, norm: str) -> float | None:
     return headline
 
 
-def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
+def table_eps_from_runs(store: Store) -> dict[str, list[float]]:
     """The last per-eps table each norm's sweeps asked for (kept in the runs table)."""
-    from robustbench_er.core.norms import canonical_norm
 
     out: dict[str, list[float]] = {}
     for cfg in store.runs_frame()["config"]:
@@ -72,7 +70,7 @@ def _table_eps_from_runs(store: Store) -> dict[str, list[float]]:
     return out
 
 
-def _table_attacks_from_runs(store: Store) -> list[str]:
+def table_attacks_from_runs(store: Store) -> list[str]:
     """Every attack label a sweep of the store asked a per-eps table for, in the order asked."""
     out: dict[str, None] = {}
     for cfg in store.runs_frame()["config"]:
@@ -105,7 +103,6 @@ def per_eps_table(t: Tables, dataset: str, norm: str, eps: list[float],
 
 def _headlines_from_runs(store: Store) -> dict[str, float]:
     """The last headline each norm's sweeps asked for (kept in the runs table)."""
-    from robustbench_er.core.norms import canonical_norm
 
     out: dict[str, float] = {}
     for cfg in store.runs_frame()["config"]:
@@ -354,25 +351,25 @@ def with_seed_aggregates(board: pd.DataFrame) -> pd.DataFrame:
     return board.drop(columns=["_rank", "_order"]).reset_index(drop=True)
 
 
-def _per_seed(board: pd.DataFrame) -> pd.DataFrame:
+def per_seed(board: pd.DataFrame) -> pd.DataFrame:
     """The board's rows of single evaluations (no aggregate rows)."""
     return board[~board["aggregate"].astype(bool)] if "aggregate" in board else board
 
 
 def _replicates(t: Tables, r: pd.Series) -> list[pd.Series]:
     """The per-seed rows an aggregate row ``r`` summarises."""
-    b = _per_seed(t.board)
+    b = per_seed(t.board)
     seeds = {int(v) for v in str(r["seeds"]).split(",") if v}
     g = b[(b["dataset"] == r["dataset"]) & (b["norm"] == r["norm"]) & (b["defense"] == r["defense"])]
     return [row for _, row in g.iterrows() if int(row["seed"]) in seeds]
 
 
-def _column(r: pd.Series) -> str:
+def attack_heading(r: pd.Series) -> str:
     """How an attack is headed in a table: ``after pgd`` for a cascade stage, else its label."""
     return f"after {r['attack']}" if r["mode"] == "cascade" else str(r["attack"])
 
 
-def _provenance(store: Store) -> dict[str, Any]:
+def provenance(store: Store) -> dict[str, Any]:
     runs = store.runs_frame()
     last = runs.iloc[-1] if not runs.empty else None
     return {"command": (last["command"] if last is not None else "") or " ".join(sys.argv),
@@ -387,10 +384,10 @@ def _fmt(v: Any) -> str:
 
 
 def _fmt_auc(v: Any) -> str:
-    return "–" if _isnan(v) else f"{float(v):.3f}"
+    return "–" if is_nan(v) else f"{float(v):.3f}"
 
 
-def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
+def group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
     a = t.attacks
     if a.empty or bool(r.get("aggregate", False)):
         return a.iloc[0:0]
@@ -400,7 +397,7 @@ def _group_attacks(t: Tables, r: pd.Series) -> pd.DataFrame:
 
 def _fmt_pm(mean: Any, std: Any, auc_like: bool = False) -> str:
     """``mean ± std`` (accuracies in %, AUC as a fraction)."""
-    if _isnan(mean):
+    if is_nan(mean):
         return "–"
     if auc_like:
         return f"{float(mean):.3f} ± {float(std):.3f}"
@@ -411,8 +408,8 @@ def _attack_mean_std(t: Tables, r: pd.Series, column: str, field: str) -> tuple[
     """Mean and sample std over an aggregate row's seeds of one attack column (``robust_acc`` or ``auc``)."""
     vals = []
     for row in _replicates(t, r):
-        by = {_column(a): a for _, a in _group_attacks(t, row).iterrows()}
-        if column not in by or _isnan(by[column][field]):
+        by = {attack_heading(a): a for _, a in group_attacks(t, row).iterrows()}
+        if column not in by or is_nan(by[column][field]):
             return None
         vals.append(float(by[column][field]))
     if len(vals) < 2:
@@ -436,12 +433,12 @@ def leaderboard_sections(t: Tables) -> list[Section]:
     board = t.board
     sections = []
     for (dataset, norm), part in board.groupby(["dataset", "norm"], sort=False):
-        singles = _per_seed(part)
-        per = pd.concat([_group_attacks(t, r) for _, r in singles.iterrows()]) if not t.attacks.empty else t.attacks
-        cols = list(dict.fromkeys(_column(r) for _, r in per.iterrows())) if not per.empty else []
-        ns = {c: sorted({int(r["n"]) for _, r in per.iterrows() if _column(r) == c}) for c in cols}
-        auc_cols = [c for c in cols if any(not _isnan(r["auc"]) for _, r in per.iterrows() if _column(r) == c)]
-        adbd_cols = [c for c in cols if any(not _isnan(r["adbd"]) for _, r in per.iterrows() if _column(r) == c)]
+        singles = per_seed(part)
+        per = pd.concat([group_attacks(t, r) for _, r in singles.iterrows()]) if not t.attacks.empty else t.attacks
+        cols = list(dict.fromkeys(attack_heading(r) for _, r in per.iterrows())) if not per.empty else []
+        ns = {c: sorted({int(r["n"]) for _, r in per.iterrows() if attack_heading(r) == c}) for c in cols}
+        auc_cols = [c for c in cols if any(not is_nan(r["auc"]) for _, r in per.iterrows() if attack_heading(r) == c)]
+        adbd_cols = [c for c in cols if any(not is_nan(r["adbd"]) for _, r in per.iterrows() if attack_heading(r) == c)]
         # a seed column only where this table holds more than one seed
         seeded = "seed" in singles and singles["seed"].nunique() > 1
         unit = part["eps_unit"].iloc[0]
@@ -466,13 +463,13 @@ def leaderboard_sections(t: Tables) -> list[Section]:
                 rows.append(cells)
                 flags.append(("", ""))
                 continue
-            g = _group_attacks(t, r)
-            by = {_column(a): a for _, a in g.iterrows()}
+            g = group_attacks(t, r)
+            by = {attack_heading(a): a for _, a in g.iterrows()}
             cells = [r["defense"]] + ([str(int(r["seed"]))] if seeded else [])
             cells += [_fmt(r["clean_acc"]), _fmt(r["robust_acc"]), _fmt_auc(r["auc"])]
             cells += [_fmt(by[c]["robust_acc"]) if c in by else "–" for c in cols]
             cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
-            cells += ["–" if c not in by or _isnan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
+            cells += ["–" if c not in by or is_nan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
             cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
             rows.append(cells)
             flags.append((str(r["flags"] or ""), str(r["flag_details"] or "")))
@@ -524,13 +521,13 @@ def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
         if bool(r.get("aggregate", False)):
             entries.append(_aggregate_json(t, r, prov))
             continue
-        g = _group_attacks(t, r)
-        per = {_column(a): _num(a["robust_acc"]) for _, a in g.iterrows() if not _isnan(a["robust_acc"])}
-        aucs = {_column(a): _num(a["auc"]) for _, a in g.iterrows() if not _isnan(a["auc"])}
-        adbd = {_column(a): _num(a["adbd"]) for _, a in g.iterrows() if not _isnan(a["adbd"])}
-        ns = {_column(a): int(a["n"]) for _, a in g.iterrows()}
+        g = group_attacks(t, r)
+        per = {attack_heading(a): _num(a["robust_acc"]) for _, a in g.iterrows() if not is_nan(a["robust_acc"])}
+        aucs = {attack_heading(a): _num(a["auc"]) for _, a in g.iterrows() if not is_nan(a["auc"])}
+        adbd = {attack_heading(a): _num(a["adbd"]) for _, a in g.iterrows() if not is_nan(a["adbd"])}
+        ns = {attack_heading(a): int(a["n"]) for _, a in g.iterrows()}
         # RobustBench's autoattack_acc: the attack that declares it reports that field
-        aa = [a for _, a in g.iterrows() if a.get("reports_as") == "autoattack_acc" and not _isnan(a["robust_acc"])]
+        aa = [a for _, a in g.iterrows() if a.get("reports_as") == "autoattack_acc" and not is_nan(a["robust_acc"])]
         entries.append({
             # RobustBench model_info fields
             "name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
@@ -552,7 +549,7 @@ def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _aggregate_json(t: Tables, r: pd.Series, prov: dict[str, Any]) -> dict[str, Any]:
     """An aggregate row: means and sample stds (ddof=1) over the seeds, per attack too."""
-    cols = list(dict.fromkeys(_column(a) for row in _replicates(t, r) for _, a in _group_attacks(t, row).iterrows()))
+    cols = list(dict.fromkeys(attack_heading(a) for row in _replicates(t, r) for _, a in group_attacks(t, row).iterrows()))
     per: dict[str, float] = {}
     per_std: dict[str, float] = {}
     for c in cols:
@@ -568,146 +565,11 @@ def _aggregate_json(t: Tables, r: pd.Series, prov: dict[str, Any]) -> dict[str, 
             "command": prov["command"], "versions": prov["versions"]}
 
 
-def _isnan(v: Any) -> bool:
+def is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 
 
 def _num(v: Any) -> float | None:
-    if v is None or _isnan(v):
+    if v is None or is_nan(v):
         return None
     return float(v)
-
-
-def plot_curves(curves: pd.DataFrame, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for (dataset, norm), part in curves.groupby(["dataset", "norm"], sort=False):
-        if "seed" in part and part["seed"].nunique() > 1:  # one line per (defense, seed)
-            part = part.assign(defense=[f"{d} · seed {s}" for d, s in zip(part["defense"], part["seed"])])
-        defenses = list(dict.fromkeys(part["defense"]))
-        # with many defenses only the worst-case curves are drawn (the CSV has every attack)
-        detailed = len(defenses) <= MAX_DETAILED_DEFENSES
-        fig, ax = plt.subplots(figsize=(7.5 if detailed else 9.5, 4.8))
-        colors = plt.get_cmap("tab10" if len(defenses) <= 10 else "tab20")
-        styles = ["--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3))]
-        attack_style = {a: styles[j % len(styles)] for j, a in enumerate(dict.fromkeys(a for a in part["attack"] if a != WORST))}
-        for i, d in enumerate(defenses):
-            sub = part[part["defense"] == d]
-            color = colors(i % colors.N)
-            for attack, s in sub.groupby("attack", sort=False):
-                s = s.sort_values("eps")
-                flagged = " ⚠" if s["flags"].iloc[0] else ""
-                if attack == WORST:
-                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=2.2, marker="o", ms=3,
-                            label=f"{d}{' (worst case)' if detailed else ''}{flagged}")
-                elif not detailed:
-                    continue
-                elif len(s) > 1:
-                    ax.plot(s["eps"], 100 * s["robust_acc"], color=color, lw=1.1, ls=attack_style[attack], alpha=0.75,
-                            label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
-                else:
-                    ax.scatter(s["eps"], 100 * s["robust_acc"], color=color, marker="x", s=40,
-                               label=f"{d} · {'after ' if s['mode'].iloc[0] == 'cascade' else ''}{attack}")
-        ax.set_xlabel(f"epsilon ({norm}, images in [0, 1])")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_ylim(-2, 102)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"{dataset}: accuracy under attack ({norm})"
-                     + ("" if detailed else ", worst case over attacks per defense"))
-        if detailed:
-            ax.legend(fontsize=7, loc="upper right")
-        else:
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        fig.tight_layout()
-        p = out / f"curves_{dataset}_{norm}.png"
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
-        paths.append(p)
-    return paths
-
-
-def plot_auc(t: Tables, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths: list[Path] = []
-    if t.attacks.empty:
-        return paths
-    for dataset, part in _per_seed(t.board).groupby("dataset", sort=False):
-        seeded = "seed" in part and part["seed"].nunique() > 1
-        rows = [(r, _group_attacks(t, r)) for _, r in part.iterrows()]
-        names = list(dict.fromkeys(_column(a) for _, g in rows for _, a in g.iterrows() if not _isnan(a["auc"])))
-        if not names:
-            continue
-        labels = [f"{r['defense']} ({r['norm']}{f', seed {int(r.seed)}' if seeded else ''})" for r, _ in rows]
-        mat = np.full((len(rows), len(names) + 1), np.nan)
-        for i, (r, g) in enumerate(rows):
-            for _, a in g.iterrows():
-                if _column(a) in names:
-                    mat[i, names.index(_column(a))] = a["auc"]
-            mat[i, -1] = r["auc"]
-        names = names + [WORST]
-        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 0.5 * len(labels) + 1.8))
-        im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
-        for i in range(mat.shape[0]):
-            for j in range(mat.shape[1]):
-                if not math.isnan(mat[i, j]):
-                    ax.text(j, i, f"{mat[i, j]:.2f}", ha="center", va="center",
-                            color="white" if mat[i, j] < 0.6 else "black", fontsize=8)
-        ax.set_title(f"{dataset}: AUC of robust accuracy over the epsilon grid")
-        fig.colorbar(im, ax=ax, fraction=0.04)
-        fig.tight_layout()
-        p = out / f"auc_{dataset}.png"
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-        plt.close(fig)
-        paths.append(p)
-    return paths
-
-
-def write_reports(store: Store, out: Path, headline: Headline = None,
-                  table_eps: list[float] | dict[str, list[float]] | None = None) -> dict[str, Path]:
-    """Write every report file under ``out``; return their paths by kind. ``table_eps`` (every
-    norm, or per norm; default: what the sweeps asked for) adds the per-eps tables."""
-    out = Path(out)
-    t = build_tables(store, headline)
-    if table_eps is None:
-        table_eps = _table_eps_from_runs(store)
-    elif not isinstance(table_eps, dict):
-        table_eps = {n: list(table_eps) for n in set(t.curves["norm"])} if not t.curves.empty else {}
-    curves = t.curves
-    prov = _provenance(store)
-    paths: dict[str, Path] = {}
-    if curves.empty:
-        return paths
-    with atomic_path(out / "curves.csv") as tmp:
-        curves.to_csv(tmp, index=False, float_format="%.10g")
-    with atomic_path(out / "leaderboard.csv") as tmp:
-        t.board.to_csv(tmp, index=False, float_format="%.10g")
-    with atomic_path(out / "attacks.csv") as tmp:
-        t.attacks.to_csv(tmp, index=False, float_format="%.10g")
-    write_text_atomic(out / "leaderboard.md", leaderboard_markdown(t, prov, table_eps, _table_attacks_from_runs(store)))
-    write_text_atomic(out / "leaderboard.json", json.dumps(leaderboard_json(t, prov), indent=2))
-    paths.update(curves=out / "curves.csv", leaderboard=out / "leaderboard.csv", attacks=out / "attacks.csv",
-                 markdown=out / "leaderboard.md", json=out / "leaderboard.json")
-    images = []
-    for i, p in enumerate(plot_curves(curves, out)):
-        paths[f"plot{i}"] = p
-        images.append(p)
-    for i, p in enumerate(plot_auc(t, out)):
-        paths[f"auc{i}"] = p
-        images.append(p)
-    from robustbench_er.report.html import leaderboard_html
-
-    write_text_atomic(out / "leaderboard.html", leaderboard_html(t, prov, images))
-    paths["html"] = out / "leaderboard.html"
-    return paths

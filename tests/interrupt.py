@@ -1,8 +1,12 @@
-"""A stand-in for a killed process: a step hook that stops a sweep after some steps."""
+"""Stand-ins for killed processes: a step hook that stops a sweep after some steps, and a task
+wrapper whose first call kills the worker process running it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 
 class Interrupted(Exception):
@@ -17,3 +21,17 @@ def stop_after(steps: int) -> Callable[[int], None]:
             raise Interrupted(f"stopped after {ran} steps")
 
     return hook
+
+
+def crash_once(task: Callable[..., Any], marker: Path) -> Callable[..., Any]:
+    """``task``, except that the first call anywhere (no ``marker`` file yet) writes the marker and
+    kills its own process mid-task, as a worker lost to the OOM killer would be. A nested function,
+    so Ray ships it by value to workers that cannot import this test folder."""
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+        return task(*args, **kwargs)
+
+    return crashing

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 
 import pytest
-from interrupt import Interrupted, stop_after
+from interrupt import Interrupted, crash_once, stop_after
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'robustbench-er[ray]')")
 
 from robustbench_er.core.errors import UserInputError  # noqa: E402
-from robustbench_er.engine.executor import CRASH_ONCE_ENV  # noqa: E402
+from robustbench_er.engine import executor  # noqa: E402
 from robustbench_er.engine.spec import AttackConfig, SweepConfig  # noqa: E402
 from robustbench_er.jobs.sweep import run_sweep  # noqa: E402
 from robustbench_er.store.results import Store  # noqa: E402
@@ -19,13 +19,12 @@ from robustbench_er.store.results import Store  # noqa: E402
 RAY = {"kind": "ray", "threads_per_task": 1}
 
 
-def _start(env: dict[str, str] | None = None) -> None:
+def _start() -> None:
     if ray.is_initialized():
         ray.shutdown()
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # two CPUs and two pretend GPUs: tasks that ask for a GPU get one pinned
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": env} if env else None)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,6 +82,15 @@ def test_training_jobs_run_as_tasks(tmp_path):
     assert read_meta(folder)["defense"] == "none" and got[0].clean_acc > 0.5
 
 
+def test_a_transfer_attacks_surrogate_is_trained_as_a_task_too(tmp_path):
+    loaded = []
+    run_sweep(_cfg(tmp_path, RAY, attacks=[AttackConfig("transfer", {"surrogate": "none[epochs=2]"})], samples=40),
+              on_train=lambda label, t: loaded.append((label, t.reused)))
+    assert len(list((tmp_path / "checkpoints").glob("*/meta.json"))) == 2  # the defense and its surrogate
+    # both came from tasks: the driver only loaded finished checkpoints
+    assert len(loaded) == 2 and all(reused for _, reused in loaded), loaded
+
+
 def test_a_gpu_per_task_runs_and_an_impossible_request_is_refused(local_run, tmp_path):
     run_sweep(_cfg(_with_checkpoints(local_run, tmp_path / "g"), {**RAY, "gpus_per_cell": 1}))  # each task is pinned one (pretend) GPU
     assert _outcomes(tmp_path / "g").equals(_outcomes(local_run))
@@ -98,12 +106,9 @@ def test_killed_driver_resumes_without_ray(local_run, tmp_path):
     assert _outcomes(tmp_path).equals(_outcomes(local_run))
 
 
-def test_a_worker_killed_mid_task_is_retried_and_counted_once(local_run, tmp_path):
+def test_a_worker_killed_mid_task_is_retried_and_counted_once(local_run, tmp_path, monkeypatch):
     marker = tmp_path / "crashed"
-    _start({CRASH_ONCE_ENV: str(marker)})
-    try:
-        run_sweep(_cfg(_with_checkpoints(local_run, tmp_path / "r"), RAY))
-    finally:
-        _start()
+    monkeypatch.setattr(executor, "_batch_task", crash_once(executor._batch_task, marker))
+    run_sweep(_cfg(_with_checkpoints(local_run, tmp_path / "r"), RAY))
     assert marker.is_file()  # a worker did die mid-task
     assert _outcomes(tmp_path / "r").equals(_outcomes(local_run))

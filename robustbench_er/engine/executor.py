@@ -4,7 +4,8 @@
 ``pip install 'robustbench-er[ray]'``) runs them as Ray tasks, on a laptop, one node or a
 cluster the user started (``ray start``, Slurm, KubeRay), with the same code:
 
-* **Training jobs** are tasks: each untrained defense's checkpoint is trained by a task, under
+* **Training jobs** are tasks: each untrained model's checkpoint (the sweep's defenses and the
+  models its attacks name, such as a transfer attack's surrogate) is trained by a task, under
   the same checkpoint lease as a local run, into ``<out>/checkpoints`` (on a cluster, ``--out``
   must be a folder every node sees).
 * **Cells** are split into their batches (:func:`robustbench_er.engine.sweep.step_batches`): every
@@ -37,10 +38,6 @@ from robustbench_er.core.errors import UserInputError
 from robustbench_er.data.datasets import load_dataset
 from robustbench_er.engine.search import attack_batch
 from robustbench_er.engine.trained import checkpoint_folder, get_or_train
-
-#: test hook: when this names a file that does not exist, the first batch task to see it creates
-#: it and kills its own worker process, to check that Ray's retry is counted once
-CRASH_ONCE_ENV = "ROBUSTBENCH_ER_CRASH_WORKER_ONCE"
 
 
 def _ray() -> Any:
@@ -81,17 +78,22 @@ class RayExecutor:
 
     # ---- training jobs -------------------------------------------------------------------------
     def train(self, cfg: Any, prep: Any) -> None:
-        """Train, as tasks, every defense whose checkpoint is not there yet; the driver loads them."""
+        """Train, as tasks, every model the sweep needs whose checkpoint is not there yet: its
+        defenses, and the other models its attacks name (a transfer attack's surrogate, say);
+        the driver then loads them all from their checkpoints."""
 
-        pending = []
-        for d in cfg.defenses:
-            if d in cfg.checkpoints:
+        wanted = [(d, cfg.defense_overrides.get(d)) for d in cfg.defenses if d not in cfg.checkpoints]
+        wanted += [(r.defense, r.overrides) for r in prep.models.values()
+                   if r.folder is None and r.key not in cfg.defenses]
+        pending, seen = [], set()
+        for defense, overrides in wanted:
+            folder = checkpoint_folder(defense, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
+                                       overrides=overrides)
+            if folder in seen or (folder / "meta.json").is_file():
                 continue
-            folder = checkpoint_folder(d, prep.data, profile=cfg.profile, seed=cfg.seed, out=cfg.out,
-                                       overrides=cfg.defense_overrides.get(d))
-            if not (folder / "meta.json").is_file():
-                pending.append(self._train.remote(d, cfg.dataset, cfg.data_dir, cfg.profile, cfg.seed,
-                                                  str(cfg.out), cfg.defense_overrides.get(d), self.threads))
+            seen.add(folder)
+            pending.append(self._train.remote(defense, cfg.dataset, cfg.data_dir, cfg.profile, cfg.seed,
+                                              str(cfg.out), overrides, self.threads))
         self.ray.get(pending)
 
     # ---- batches -------------------------------------------------------------------------------
@@ -119,11 +121,6 @@ def _device() -> torch.device:
 
 def _batch_task(packed: Any, xb: torch.Tensor, yb: torch.Tensor, eps: np.ndarray | None, seed: int,
                 threads: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-
-    marker = os.environ.get(CRASH_ONCE_ENV)
-    if marker and not Path(marker).exists():
-        Path(marker).write_text(str(os.getpid()))
-        os._exit(1)  # the worker dies mid-task; Ray retries the task elsewhere
     torch.set_num_threads(threads)
     model, attack, eot = packed
     dev = _device()

@@ -109,3 +109,13 @@ def test_bad_inputs_are_one_sentence_and_write_nothing(tmp_path, kwargs, field):
 def test_a_model_that_is_not_a_module_is_refused():
     with pytest.raises(UserInputError, match="torch.nn.Module"):
         robustbench_er.benchmark(lambda x: x, dataset="digits", attacks="fgsm", eps=[0, 0.1])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("net", [
+    nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)),  # built for CIFAR-10's 3 x 32 x 32
+    nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)),
+], ids=["linear", "conv"])
+def test_a_model_built_for_other_images_names_the_datas_shape(tmp_path, net):
+    with pytest.raises(UserInputError, match=r"shape 1 x 8 x 8, 10 classes\): RuntimeError: .*(mat1|channels)"):
+        robustbench_er.benchmark(net, dataset="digits", attacks="fgsm", eps=[0, 0.1], samples=20, out=tmp_path / "o")
+    assert not (tmp_path / "o" / "store.sqlite").exists()

@@ -59,6 +59,7 @@ def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.d
     model = defense.wrap(defense.build(data.spec, hp), data.spec, hp)
     meta = load_checkpoint(folder, model)
     model.to(device).eval()
+    check_model_output(model, data.x_test[:4].to(device))  # before anything else runs on it
     return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
                    accuracy(model, data.x_test, data.y_test) if measure else float("nan"))
 
@@ -163,6 +164,7 @@ def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any
             f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}, not {data.spec.name!r}."
         )
     model.to(device).eval()
+    check_model_output(model, data.x_test[:4].to(device))  # before anything else runs on it
     return Trained(model, meta, folder, True, model_identity(cls.name, model, hp),
                    accuracy(model, data.x_test, data.y_test) if measure else float("nan"))
 

@@ -181,59 +181,17 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import contextlib
+    from robustbench_er.jobs.sweep import sweep_from_flags
 
-    from robustbench_er.inputs.config import sweep_config_from_flags
-    from robustbench_er.jobs.imported import registered_checkpoint
+    def flags_for(defense: str) -> dict[str, Any]:
+        args.defense = defense
+        return sweep_flags(args)
 
-    with contextlib.ExitStack() as stack:
-        if args.checkpoint:
-            # a model brought in with import-model is entered as a one-off defense for this run
-            try:
-                imported = stack.enter_context(registered_checkpoint(args.checkpoint))
-            except UserInputError as exc:
-                raise UserInputError(f"--checkpoint: {exc}") from None
-            if imported is not None and not args.defense:
-                args.defense = imported
-        if not args.defense:
-            raise UserInputError("--defense: name at least one defense (or give --checkpoint of an imported model).")
-        flags = sweep_flags(args)
-        zoo_names = _enter_zoo(stack, args)
-        cfg = sweep_config_from_flags(flags, progress=not args.quiet)  # every input checked first
-        if zoo_names:
-            from robustbench_er.jobs import zoo
-
-            flags["checkpoints"] = dict(flags.get("checkpoints") or {})
-            for z in zoo_names:
-                flags["checkpoints"][z] = str(zoo.zoo_checkpoint(z, cfg.dataset, cfg.norm, model_dir=args.model_dir,
-                                                                 out=cfg.out, download=args.download))
-            cfg = sweep_config_from_flags(flags, progress=not args.quiet)
+    with sweep_from_flags(flags_for, args.defense, checkpoint=args.checkpoint, model_dir=args.model_dir,
+                          download=args.download, progress=not args.quiet) as cfg:
         if args.dry_run:
             return _dry_run([cfg])
         return _run_config(cfg, _command(), args.quiet)
-
-
-def _enter_zoo(stack: Any, args: argparse.Namespace) -> list[str]:
-    """Enter every ``robustbench:<ModelName>`` of ``--defense`` as a one-off defense (its
-    architecture only; the weights are read once the whole sweep is checked)."""
-    from robustbench_er.core.norms import canonical_norm
-    from robustbench_er.core.text import split_top_level
-    from robustbench_er.data.datasets import DATASETS, dataset_spec
-    from robustbench_er.jobs import zoo
-    from robustbench_er.plugins.given import given_defense, registered
-    from robustbench_er.plugins.registry import normalize
-
-    names = [d for d in split_top_level(args.defense or "") if zoo.is_zoo(d)]
-    for z in names:
-        if args.dataset not in DATASETS:
-            raise UserInputError(f"--dataset: unknown dataset {args.dataset!r}.")
-        if args.model_dir is None:
-            raise UserInputError(f"--defense {z!r} needs --model-dir DIR (RobustBench's layout:"
-                                 " DIR/<dataset>/<threat model>/<ModelName>.pt).")
-        net = zoo.zoo_architecture(z.strip()[len(zoo.PREFIX):], args.dataset, canonical_norm(args.norm or "Linf"))
-        cls = given_defense(normalize(z), args.dataset, net, classes=dataset_spec(args.dataset, getattr(args, "data_dir", None)).classes)
-        stack.enter_context(registered(z, cls, origin="RobustBench's model zoo"))
-    return names
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -434,146 +392,221 @@ class _Parser(argparse.ArgumentParser):
                      f" (see {self.prog} --help).\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from robustbench_er.core.metrics import L2_UNITS
-    from robustbench_er.engine.spec import MODES, SEARCHES
-    from robustbench_er.inputs.config import DEVICE_HELP, SweepSpec
+def _common_args(sp: argparse.ArgumentParser, default: dict[str, Any],
+                 out_default: str | None = None) -> None:
+    """Add the flags every working command takes (--out, --device, --plugin, --quiet, -v)."""
+    from robustbench_er.inputs.config import DEVICE_HELP
 
-    default = {k: f.default for k, f in SweepSpec.model_fields.items()}
-    p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
-    p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="cmd", required=True)
+    sp.add_argument("--out", default=out_default,
+                    help=f"results folder (default: {out_default or default['out']})")
+    sp.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default: auto)")
+    sp.add_argument("--plugin", action="append", help="load a plugin file (repeatable)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
+    sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
-    def common(sp: argparse.ArgumentParser, out_default: str | None = None) -> None:
-        sp.add_argument("--out", default=out_default,
-                        help=f"results folder (default: {out_default or default['out']})")
-        sp.add_argument("--device", default=None, help=f"{DEVICE_HELP} (default: auto)")
-        sp.add_argument("--plugin", action="append", help="load a plugin file (repeatable)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars or summaries")
-        sp.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
+# flags default to None ("not given"); the defaults live in robustbench_er.inputs.config.SweepSpec
+def _data_args(sp: argparse.ArgumentParser, default: dict[str, Any]) -> None:
+    """Add the dataset, profile, seed and --set flags of the commands that train."""
+    sp.add_argument("--dataset", required=True)
+    sp.add_argument("--data-dir", default=None,
+                    help="folder with a local dataset (MNIST, CIFAR, ...)")
+    sp.add_argument("--download", action="store_true",
+                    help="let torchvision download a missing folder dataset")
+    sp.add_argument("--profile", default=None,
+                    help=f"quick or paper (default: {default['profile']})")
+    sp.add_argument("--seed", default=None,
+                    help=f"training and attack seed (default: {default['seed']})")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a defense hyper-parameter")
+
+
+def _add_list_parser(sub: Any) -> None:
+    """The ``list`` command."""
     sp = sub.add_parser("list", help="list registered defenses, attacks, datasets")
-    sp.add_argument("kind", nargs="?", choices=["defenses", "attacks", "detectors", "analyses", "datasets"])
+    sp.add_argument("kind", nargs="?",
+                    choices=["defenses", "attacks", "detectors", "analyses", "datasets"])
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard pattern, e.g. 'er*'")
     sp.add_argument("--plugin", action="append")
     sp.add_argument("--quiet", action="store_true")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.set_defaults(func=cmd_list)
 
-    # flags default to None ("not given"); the defaults live in robustbench_er.inputs.config.SweepSpec
-    def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", required=True)
-        sp.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST, CIFAR, ...)")
-        sp.add_argument("--download", action="store_true", help="let torchvision download a missing folder dataset")
-        sp.add_argument("--profile", default=None, help=f"quick or paper (default: {default['profile']})")
-        sp.add_argument("--seed", default=None, help=f"training and attack seed (default: {default['seed']})")
-        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a defense hyper-parameter")
 
+def _add_train_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``train`` command."""
     sp = sub.add_parser("train", help="train (or reuse) a defense checkpoint")
-    data_args(sp)
+    _data_args(sp, default)
     sp.add_argument("--defense", required=True)
-    common(sp, out_default=default["out"])
+    _common_args(sp, default, out_default=default["out"])
     sp.set_defaults(func=cmd_train)
 
+
+def _add_sweep_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``sweep`` command."""
+    from robustbench_er.core.metrics import L2_UNITS
+    from robustbench_er.engine.spec import MODES, SEARCHES
+
     sp = sub.add_parser("sweep", help="run an epsilon sweep")
-    data_args(sp)
-    sp.add_argument("--defense", default=None, help="NAME[,NAME...] (optional with --checkpoint of an imported model)")
-    sp.add_argument("--attack", required=True, help="NAME[,NAME...]; parameters as NAME(key=value,...), e.g. 'cw(confidence=9)'")
-    sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder (safetensors + meta.json) instead of training")
+    _data_args(sp, default)
+    sp.add_argument("--defense", default=None,
+                    help="NAME[,NAME...] (optional with --checkpoint of an imported model)")
+    sp.add_argument("--attack", required=True, help="NAME[,NAME...]; parameters as"
+                    " NAME(key=value,...), e.g. 'cw(confidence=9)'")
+    sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder"
+                    " (safetensors + meta.json) instead of training")
     sp.add_argument("--norm", default=None, help=f"Linf, L2 or L1 (default: {default['norm']})")
-    sp.add_argument("--eps", required=True, help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")
-    sp.add_argument("--samples", default=None, help=f"evaluation points, or 'all' (default: {default['samples']})")
-    sp.add_argument("--batch-size", default=None, help=f"attack batch size (default: {default['batch_size']})")
-    sp.add_argument("--eot", default=None,
-                    help=f"passes for EOT and majority votes on randomized defenses (default: {default['eot']})")
-    sp.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2: train and sweep each (instead of"
-                    " --seed); the leaderboards keep a row per seed and add mean ± std rows")
-    sp.add_argument("--headline", default=None, help="headline epsilon of the leaderboard (a point of the grid)")
-    sp.add_argument("--table-eps", default=None, help="epsilons of a per-eps table in leaderboard.md, defenses as"
-                    " rows (e.g. 0,0.1,0.2,0.3,0.4; grid points)")
-    sp.add_argument("--table-attacks", default=None, help="attack labels that get a per-eps table of their own"
-                    " beside the worst case (e.g. pgd: PGD alone)")
-    sp.add_argument("--mode", default=None, help=f"{' or '.join(MODES)}: several attacks as a cascade on the"
-                    f" survivors, or each on every point (default: {default['mode']})")
-    sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon attacks walk"
-                    f" the grid (default: {default['search']})")
-    sp.add_argument("--l2-unit", default=None, help=f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}: unit of L2 epsilons; rms ="
-                    " L2 / sqrt(number of pixels), mse = L2^2 / number of pixels (the reading of Li et al."
-                    f" 2021's C&W bounds) (default: {default['l2_unit']})")
-    sp.add_argument("--executor", default=None, help="local (default) or ray: training jobs and attack batches as"
-                    " Ray tasks (pip install 'robustbench-er[ray]')")
-    sp.add_argument("--ray-address", default=None, help="join this Ray cluster (auto, ray://host:10001);"
-                    " default: start a local Ray")
-    sp.add_argument("--model-dir", default=None, help="RobustBench weights for --defense robustbench:NAME, laid out"
-                    " as DIR/<dataset>/<threat model>/<NAME>.pt")
-    sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")
-    common(sp)
+    sp.add_argument("--eps", required=True,
+                    help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")
+    sp.add_argument("--samples", default=None,
+                    help=f"evaluation points, or 'all' (default: {default['samples']})")
+    sp.add_argument("--batch-size", default=None,
+                    help=f"attack batch size (default: {default['batch_size']})")
+    sp.add_argument("--eot", default=None, help="passes for EOT and majority votes on randomized"
+                    f" defenses (default: {default['eot']})")
+    sp.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2: train and sweep each"
+                    " (instead of --seed); the leaderboards keep a row per seed and add mean ± std"
+                    " rows")
+    sp.add_argument("--headline", default=None,
+                    help="headline epsilon of the leaderboard (a point of the grid)")
+    sp.add_argument("--table-eps", default=None, help="epsilons of a per-eps table in"
+                    " leaderboard.md, defenses as rows (e.g. 0,0.1,0.2,0.3,0.4; grid points)")
+    sp.add_argument("--table-attacks", default=None, help="attack labels that get a per-eps table"
+                    " of their own beside the worst case (e.g. pgd: PGD alone)")
+    sp.add_argument("--mode", default=None, help=f"{' or '.join(MODES)}: several attacks as a"
+                    " cascade on the survivors, or each on every point"
+                    f" (default: {default['mode']})")
+    sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon"
+                    f" attacks walk the grid (default: {default['search']})")
+    sp.add_argument("--l2-unit", default=None, help=f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}:"
+                    " unit of L2 epsilons; rms = L2 / sqrt(number of pixels), mse = L2^2 / number"
+                    " of pixels (the reading of Li et al. 2021's C&W bounds)"
+                    f" (default: {default['l2_unit']})")
+    sp.add_argument("--executor", default=None, help="local (default) or ray: training jobs and"
+                    " attack batches as Ray tasks (pip install 'robustbench-er[ray]')")
+    sp.add_argument("--ray-address", default=None, help="join this Ray cluster"
+                    " (auto, ray://host:10001); default: start a local Ray")
+    sp.add_argument("--model-dir", default=None, help="RobustBench weights for --defense"
+                    " robustbench:NAME, laid out as DIR/<dataset>/<threat model>/<NAME>.pt")
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the plan, what is cached and the cost; touch nothing")
+    _common_args(sp, default)
     sp.set_defaults(func=cmd_sweep)
 
+
+def _add_import_model_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``import-model`` command."""
     sp = sub.add_parser("import-model", help="turn a model trained elsewhere into a checkpoint")
     sp.add_argument("--dataset", required=True)
-    sp.add_argument("--data-dir", default=None, help="folder with a local dataset (MNIST, CIFAR, ...)")
-    sp.add_argument("--arch", required=True, help="the network: package.module:callable or file.py:callable"
-                    " (called with no arguments)")
-    sp.add_argument("--weights", required=True, help="safetensors, or a state dict saved with torch.save (read"
-                    " with weights_only=True; never unpickled in full)")
+    sp.add_argument("--data-dir", default=None,
+                    help="folder with a local dataset (MNIST, CIFAR, ...)")
+    sp.add_argument("--arch", required=True, help="the network: package.module:callable or"
+                    " file.py:callable (called with no arguments)")
+    sp.add_argument("--weights", required=True, help="safetensors, or a state dict saved with"
+                    " torch.save (read with weights_only=True; never unpickled in full)")
     sp.add_argument("--name", required=True, help="the model's name in leaderboards")
-    sp.add_argument("--normalize", default=None, help="MEAN/STD the network expects, per channel: 0.1307/0.3081")
-    sp.add_argument("--output", default="logits", choices=["logits", "probs"], help="what the network returns")
-    sp.add_argument("--randomized", action="store_true", help="a stochastic forward (EOT, majority votes)")
-    sp.add_argument("--not-differentiable", action="store_true", help="keep gradient attacks off it")
-    common(sp, out_default=default["out"])
+    sp.add_argument("--normalize", default=None,
+                    help="MEAN/STD the network expects, per channel: 0.1307/0.3081")
+    sp.add_argument("--output", default="logits", choices=["logits", "probs"],
+                    help="what the network returns")
+    sp.add_argument("--randomized", action="store_true",
+                    help="a stochastic forward (EOT, majority votes)")
+    sp.add_argument("--not-differentiable", action="store_true",
+                    help="keep gradient attacks off it")
+    _common_args(sp, default, out_default=default["out"])
     sp.set_defaults(func=cmd_import_model)
 
+
+def _add_detect_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``detect`` command."""
     sp = sub.add_parser("detect",
                         help="detect adversarial examples (protocol and metrics of Li et al. 2021)")
-    data_args(sp)
+    _data_args(sp, default)
     sp.add_argument("--defense", required=True, help="NAME[,NAME...]")
     sp.add_argument("--detector", required=True, help="er1, er2, kd, lid (comma-separated)")
-    sp.add_argument("--train-attack", required=True, help="attacks whose examples train the detectors, one"
-                    " training each (comma-separated)")
-    sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II (comma-separated); an"
-                    " attack in another norm names its own: cw(norm=L2,eps=0.007,confidence=9)")
+    sp.add_argument("--train-attack", required=True, help="attacks whose examples train the"
+                    " detectors, one training each (comma-separated)")
+    sp.add_argument("--test-attack", required=True, help="attacks evaluated on set II"
+                    " (comma-separated); an attack in another norm names its own:"
+                    " cw(norm=L2,eps=0.007,confidence=9)")
     sp.add_argument("--norm", default=None, help="Linf (default), L2 or L1")
     sp.add_argument("--eps", default="0.3", help="the attacks' epsilon (a bound for C&W)")
-    sp.add_argument("--samples", default="500", help="test points before the split (clean-correct ones are used)")
-    sp.add_argument("--split", default="0.2", help="share of the points in set I (detector training)")
+    sp.add_argument("--samples", default="500",
+                    help="test points before the split (clean-correct ones are used)")
+    sp.add_argument("--split", default="0.2",
+                    help="share of the points in set I (detector training)")
     sp.add_argument("--split-seed", default="0")
-    sp.add_argument("--l2-unit", default=None, help="l2, rms or mse: unit of L2 bounds such as cw(eps=0.007);"
-                    " rms = L2 / sqrt(pixels), mse = L2^2 / pixels (the C&W bounds of"
-                    " Li et al. 2021)")
-    sp.add_argument("--no-adaptive", action="store_true", help="skip the adaptive PGD against each detector")
-    sp.add_argument("--batch-size", type=int, default=None, help="points per attack call when crafting (default 128;"
-                    " not part of a result's identity)")
-    common(sp, out_default="results/detection")
+    sp.add_argument("--l2-unit", default=None, help="l2, rms or mse: unit of L2 bounds such as"
+                    " cw(eps=0.007); rms = L2 / sqrt(pixels), mse = L2^2 / pixels (the C&W bounds"
+                    " of Li et al. 2021)")
+    sp.add_argument("--no-adaptive", action="store_true",
+                    help="skip the adaptive PGD against each detector")
+    sp.add_argument("--batch-size", type=int, default=None, help="points per attack call when"
+                    " crafting (default 128; not part of a result's identity)")
+    _common_args(sp, default, out_default="results/detection")
     sp.set_defaults(func=cmd_detect)
 
-    sp = sub.add_parser("analyze", help="analyses: intrinsic dimension, t-SNE, loss surfaces, sensitivity, ...")
-    data_args(sp)
-    sp.add_argument("--defense", default=None, help="NAME[,NAME...] (none for analyses of the dataset alone)")
-    sp.add_argument("--analysis", required=True, help="NAME or NAME(key=value,...), comma-separated;"
-                    " see `robustbench-er list analyses`")
-    common(sp, out_default="results/analyses")
+
+def _add_analyze_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``analyze`` command."""
+    sp = sub.add_parser("analyze", help="analyses: intrinsic dimension, t-SNE, loss surfaces,"
+                        " sensitivity, ...")
+    _data_args(sp, default)
+    sp.add_argument("--defense", default=None,
+                    help="NAME[,NAME...] (none for analyses of the dataset alone)")
+    sp.add_argument("--analysis", required=True, help="NAME or NAME(key=value,...),"
+                    " comma-separated; see `robustbench-er list analyses`")
+    _common_args(sp, default, out_default="results/analyses")
     sp.set_defaults(func=cmd_analyze)
 
+
+def _add_run_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``run`` command."""
     sp = sub.add_parser("run", help="run everything an experiment file names")
     sp.add_argument("experiment")
-    sp.add_argument("--dry-run", action="store_true", help="print the plan, what is cached and the cost; touch nothing")
-    common(sp)
+    sp.add_argument("--dry-run", action="store_true",
+                    help="print the plan, what is cached and the cost; touch nothing")
+    _common_args(sp, default)
     sp.set_defaults(func=cmd_run)
 
+
+def _add_report_parser(sub: Any) -> None:
+    """The ``report`` command."""
     sp = sub.add_parser("report", help="rewrite the reports from a results store")
     sp.add_argument("--out", default="results")
-    sp.add_argument("--headline", default=None, help="headline eps: 0.3 for every norm, or Linf=0.3,L2=2")
-    sp.add_argument("--table-eps", default=None, help="epsilons of the per-eps table (default: the last sweep's)")
+    sp.add_argument("--headline", default=None,
+                    help="headline eps: 0.3 for every norm, or Linf=0.3,L2=2")
+    sp.add_argument("--table-eps", default=None,
+                    help="epsilons of the per-eps table (default: the last sweep's)")
     sp.add_argument("--quiet", action="store_true")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.add_argument("--plugin", action="append")
     sp.set_defaults(func=cmd_report)
 
+
+def _add_quickstart_parser(sub: Any, default: dict[str, Any]) -> None:
+    """The ``quickstart`` command."""
     sp = sub.add_parser("quickstart", help="the end-to-end demo on the embedded MNIST data")
-    common(sp, out_default="results/quickstart")
+    _common_args(sp, default, out_default="results/quickstart")
     sp.set_defaults(func=cmd_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from robustbench_er.inputs.config import SweepSpec
+
+    default = {k: f.default for k, f in SweepSpec.model_fields.items()}
+    p = _Parser(prog="robustbench-er", description="Adversarial-robustness benchmarks for PyTorch.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_list_parser(sub)
+    _add_train_parser(sub, default)
+    _add_sweep_parser(sub, default)
+    _add_import_model_parser(sub, default)
+    _add_detect_parser(sub, default)
+    _add_analyze_parser(sub, default)
+    _add_run_parser(sub, default)
+    _add_report_parser(sub)
+    _add_quickstart_parser(sub, default)
     return p
 
 

@@ -449,13 +449,8 @@ def check_device(name: str, where: str = "device") -> None:
         raise _reraise(where, exc) from None
 
 
-def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, progress: bool = True) -> Any:
-    """Check ``spec`` against the registries, the dataset and the plugins' typed parameters and
-    return the SweepConfig; every error is a UserInputError naming the field."""
-
-    def at(*loc: Any) -> str:
-        return _loc_text(loc, where, cli)
-
+def _registered_classes(spec: SweepSpec, at: Callable[..., str]) -> tuple[list[Any], list[Any]]:
+    """Check the sweep's dataset, defenses and attacks against the registries; return classes."""
     _lookup(DATASETS, "dataset", spec.dataset, at("dataset"))
     if spec.seeds is not None and "seed" in spec.model_fields_set:
         raise UserInputError(f"{at('seeds')}: give either {at('seed')} or {at('seeds')}, not both.")
@@ -471,34 +466,35 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
             raise _reraise(at("defenses", i), exc) from None
         _lookup(DEFENSES, "defense", base, at("defenses", i))
         defense_classes.append(get_defense(d.name))
-    attack_classes = [_lookup(ATTACKS, "attack", a.name, at("attacks", i)) for i, a in enumerate(spec.attacks)]
+    attack_classes = [_lookup(ATTACKS, "attack", a.name, at("attacks", i))
+                      for i, a in enumerate(spec.attacks)]
+    return defense_classes, attack_classes
+
+
+def _load_sweep_data(spec: SweepSpec, at: Callable[..., str]) -> Any:
+    """Check the device and the output folder, then load the sweep's dataset."""
     check_device(spec.device, at("device"))
     check_output_folder(spec.out, at("out"))
     try:
-        data = load_dataset(spec.dataset, spec.data_dir, spec.download)
+        return load_dataset(spec.dataset, spec.data_dir, spec.download)
     except Exception as exc:
         raise _reraise(at("dataset"), exc) from None
-    dim = 1
-    for s in data.spec.shape:
-        dim *= int(s)
-    total = len(data.y_test)
 
-    def grid_ok(grid: list[float], loc: str) -> list[float]:
-        scale = unit_scale(spec.norm, spec.l2_unit, dim)
-        try:
-            validate_grid([to_norm(e, spec.l2_unit if spec.norm == "L2" else None, scale) for e in grid], spec.norm, dim)
-        except UserInputError as exc:
-            raise _reraise(loc, exc) from None
-        return list(grid)
 
-    grid = grid_ok(spec.eps, at("eps"))
-    n = total if spec.samples is None else spec.samples
-    if not 1 <= n <= total:
-        raise UserInputError(
-            f"{at('samples')}: must be between 1 and the test split size of {data.spec.name} ({total}), got {n}."
-        )
+def _checked_grid(spec: SweepSpec, dim: int, grid: list[float], loc: str) -> list[float]:
+    """Check an epsilon grid in the sweep's norm and L2 unit; return a copy of it."""
+    scale = unit_scale(spec.norm, spec.l2_unit, dim)
+    try:
+        unit = spec.l2_unit if spec.norm == "L2" else None
+        validate_grid([to_norm(e, unit, scale) for e in grid], spec.norm, dim)
+    except UserInputError as exc:
+        raise _reraise(loc, exc) from None
+    return list(grid)
 
-    names = [d.name for d in spec.defenses]
+
+def _defense_overrides(spec: SweepSpec, defense_classes: list[Any], data: Any,
+                       at: Callable[..., str], cli: bool) -> dict[str, dict[str, Any]]:
+    """Check each defense's hyper-parameters with its overrides; return the overrides by name."""
     overrides: dict[str, dict[str, Any]] = {}
     for i, (d, cls) in enumerate(zip(spec.defenses, defense_classes)):
         try:
@@ -507,6 +503,12 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
             raise _reraise("--set" if cli and d.overrides else at("defenses", i), exc) from None
         if d.overrides:
             overrides[d.name] = dict(d.overrides)
+    return overrides
+
+
+def _check_checkpoints(spec: SweepSpec, names: list[str], data: Any, at: Callable[..., str],
+                       cli: bool) -> None:
+    """Check that each checkpoint folder holds its defense, trained on the sweep's dataset."""
     for dname, folder in spec.checkpoints.items():
         loc = at("checkpoints", dname) if not cli else "--checkpoint"
         if dname not in names:
@@ -517,48 +519,87 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         except Exception as exc:
             raise _reraise(loc, exc) from None
         if meta["defense"] != cls.name:
-            raise UserInputError(f"{loc}: checkpoint {folder!r} holds defense {meta['defense']!r}, not {cls.name!r}.")
+            raise UserInputError(f"{loc}: checkpoint {folder!r} holds defense {meta['defense']!r},"
+                                 f" not {cls.name!r}.")
         if meta["dataset"] != data.spec.name:
             raise UserInputError(f"{loc}: checkpoint {folder!r} was trained on {meta['dataset']!r};"
                                  f" it cannot be evaluated on {data.spec.name!r}.")
 
+
+def _checked_attacks(spec: SweepSpec, attack_classes: list[Any], *, data: Any, dim: int, n: int,
+                     names: list[str], overrides: dict[str, dict[str, Any]],
+                     at: Callable[..., str], cli: bool) -> list[AttackConfig]:
+    """Check each attack's grid, samples, parameters and the models they name; return configs."""
     attacks = []
     for i, (a, acls) in enumerate(zip(spec.attacks, attack_classes)):
         loc = at("attacks", i)
-        ac = AttackConfig(a.name, dict(a.params), grid_ok(a.eps, f"{loc}.eps") if a.eps is not None else None,
-                          a.samples, a.label)
+        eps = _checked_grid(spec, dim, a.eps, f"{loc}.eps") if a.eps is not None else None
+        ac = AttackConfig(a.name, dict(a.params), eps, a.samples, a.label)
         if a.samples is not None and a.samples > n:
-            raise UserInputError(f"{loc}.samples: must be between 1 and the sweep's {n} samples, got {a.samples}.")
+            raise UserInputError(f"{loc}.samples: must be between 1 and the sweep's {n} samples,"
+                                 f" got {a.samples}.")
         try:
             check_dataclass_values(acls.Params, a.params, "parameter", acls.name)
             attack = make_attack(ac, spec.norm, False, spec.eot)
-            for param in attack.needs_models:  # a model a parameter names: a defense or a checkpoint folder
+            # a model a parameter names: a defense or a checkpoint folder
+            for param in attack.needs_models:
                 resolve_model(getattr(attack.params, param), param, data=data, profile=spec.profile,
                               defenses=names, overrides=overrides, checkpoints=spec.checkpoints)
         except Exception as exc:
             raise _reraise(loc if not cli else f"--attack {a.label or a.name}", exc) from None
         attacks.append(ac)
+    return attacks
 
-    hl = spec.headline
-    if hl is not None:
-        points = set(grid).union(*(a.eps or [] for a in attacks))
-        if not any(abs(hl - p) <= EPS_TOL for p in points):
-            near = min(points, key=lambda p: abs(p - hl))
-            raise UserInputError(f"{at('headline')}: {hl} is not on the sweep's epsilon grid"
-                                 f" (the nearest grid point is {near}).")
 
+def _check_on_grid(value: float, points: set[float], loc: str) -> None:
+    """Refuse an epsilon (the headline, a table's) that is not a point of the sweep's grids."""
+    if not any(abs(value - p) <= EPS_TOL for p in points):
+        near = min(points, key=lambda p: abs(p - value))
+        raise UserInputError(f"{loc}: {value} is not on the sweep's epsilon grid"
+                             f" (the nearest grid point is {near}).")
+
+
+def _check_tables(spec: SweepSpec, grid: list[float], attacks: list[AttackConfig],
+                  at: Callable[..., str]) -> None:
+    """Check the headline, the table epsilons and the table attacks against the sweep."""
+    points = set(grid).union(*(a.eps or [] for a in attacks))
+    if spec.headline is not None:
+        _check_on_grid(spec.headline, points, at("headline"))
     for e in spec.table_eps or []:
-        points = set(grid).union(*(a.eps or [] for a in attacks))
-        if not any(abs(e - p) <= EPS_TOL for p in points):
-            near = min(points, key=lambda p: abs(p - e))
-            raise UserInputError(f"{at('table_eps')}: {e} is not on the sweep's epsilon grid"
-                                 f" (the nearest grid point is {near}).")
-
+        _check_on_grid(e, points, at("table_eps"))
     labels = [a.display for a in attacks]
     for label in spec.table_attacks or []:
         if label not in labels:
             raise UserInputError(f"{at('table_attacks')}: {label!r} is not an attack of this sweep"
                                  f" (its attacks: {', '.join(labels)}).")
+
+
+def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, progress: bool = True) -> Any:
+    """Check ``spec`` against the registries, the dataset and the plugins' typed parameters and
+    return the SweepConfig; every error is a UserInputError naming the field."""
+
+    def at(*loc: Any) -> str:
+        return _loc_text(loc, where, cli)
+
+    defense_classes, attack_classes = _registered_classes(spec, at)
+    data = _load_sweep_data(spec, at)
+    dim = 1
+    for s in data.spec.shape:
+        dim *= int(s)
+    total = len(data.y_test)
+    grid = _checked_grid(spec, dim, spec.eps, at("eps"))
+    n = total if spec.samples is None else spec.samples
+    if not 1 <= n <= total:
+        raise UserInputError(
+            f"{at('samples')}: must be between 1 and the test split size of {data.spec.name} ({total}), got {n}."
+        )
+
+    names = [d.name for d in spec.defenses]
+    overrides = _defense_overrides(spec, defense_classes, data, at, cli)
+    _check_checkpoints(spec, names, data, at, cli)
+    attacks = _checked_attacks(spec, attack_classes, data=data, dim=dim, n=n, names=names,
+                               overrides=overrides, at=at, cli=cli)
+    _check_tables(spec, grid, attacks, at)
 
     return SweepConfig(
         dataset=spec.dataset, defenses=names, attacks=attacks, eps=grid, norm=spec.norm, samples=spec.samples,

@@ -48,6 +48,45 @@ class AnalysisPlan:
     out: Path
 
 
+def _parsed_analyses(raw: Mapping[str, Any],
+                     at: Callable[[str], str]) -> tuple[list[Any], list[str]]:
+    """The analyses the job names, built with their parameters, and their labels."""
+    analyses, labels = [], []
+    for text in name_list(raw["analyses"], at("analyses")):
+        try:
+            parsed = parse_attack_text(text)
+        except ValueError as exc:
+            msg = str(exc).replace("attack", "analysis")
+            raise UserInputError(f"{at('analyses')}: {msg}.") from exc
+        cls = get_analysis(parsed["name"])
+        try:
+            analyses.append(cls(**parsed["params"]))
+        except UserInputError as exc:
+            raise UserInputError(f"{at('analyses')}: {exc}") from None
+        except TypeError as exc:
+            raise UserInputError(f"{at('analyses')}: {parsed['name']}: {exc}.") from None
+        labels.append(parsed.get("label") or parsed["name"])
+    return analyses, labels
+
+
+def _check_models(defenses: list[str], analyses: list[Any], data: Any, profile: str,
+                  overrides: dict[str, Any] | None, at: Callable[[str], str]) -> None:
+    """Refuse an analysis that reads an embedding a defense's model lacks, or a model none names."""
+    for d in defenses:
+        cls = get_defense(d)
+        hp = cls.hparams(data.spec.name, profile, overrides)
+        net = cls().build(data.spec, hp)
+        has_embed = hasattr(net, "embed") or hasattr(net, "features")
+        for a in analyses:
+            if a.uses_embedding() and not has_embed:
+                raise UserInputError(f"{at('analyses')}: {a.name} reads the model's embedding,"
+                                     f" which {d!r} lacks.")
+    for a in analyses:
+        if a.uses_model() and not defenses:
+            raise UserInputError(f"{at('analyses')}: {a.name} analyses a model;"
+                                 f" name one with {at('defenses')}.")
+
+
 def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) -> AnalysisPlan:
     """Check an analysis job's keys; one sentence on the first bad one, nothing written."""
 
@@ -61,20 +100,7 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
         if raw.get(key) in (None, "", []):
             raise UserInputError(f"{at(key)}: missing.")
     defenses = name_list(raw["defenses"], at("defenses")) if raw.get("defenses") not in (None, "", []) else []
-    analyses, labels = [], []
-    for text in name_list(raw["analyses"], at("analyses")):
-        try:
-            parsed = parse_attack_text(text)
-        except ValueError as exc:
-            raise UserInputError(f"{at('analyses')}: {str(exc).replace('attack', 'analysis')}.") from exc
-        cls = get_analysis(parsed["name"])
-        try:
-            analyses.append(cls(**parsed["params"]))
-        except UserInputError as exc:
-            raise UserInputError(f"{at('analyses')}: {exc}") from None
-        except TypeError as exc:
-            raise UserInputError(f"{at('analyses')}: {parsed['name']}: {exc}.") from None
-        labels.append(parsed.get("label") or parsed["name"])
+    analyses, labels = _parsed_analyses(raw, at)
     for d in defenses:
         get_defense(d)
     profile = str(raw.get("profile") or "quick")
@@ -90,17 +116,7 @@ def plan_analysis(raw: Mapping[str, Any], where: str = "", cli: bool = False) ->
     sets = raw.get("set")
     overrides = (dict(parse_sets([sets] if isinstance(sets, str) else sets)) if isinstance(sets, (str, list))
                  else dict(sets) if isinstance(sets, Mapping) else None)
-    for d in defenses:
-        cls = get_defense(d)
-        hp = cls.hparams(data.spec.name, profile, overrides)
-        net = cls().build(data.spec, hp)
-        has_embed = hasattr(net, "embed") or hasattr(net, "features")
-        for a in analyses:
-            if a.uses_embedding() and not has_embed:
-                raise UserInputError(f"{at('analyses')}: {a.name} reads the model's embedding, which {d!r} lacks.")
-    for a in analyses:
-        if a.uses_model() and not defenses:
-            raise UserInputError(f"{at('analyses')}: {a.name} analyses a model; name one with {at('defenses')}.")
+    _check_models(defenses, analyses, data, profile, overrides, at)
     out = raw.get("out") or "results/analyses"
     check_output_folder(out, at("out"))
     return AnalysisPlan(data, defenses, analyses, labels, profile, seed, overrides, device, Path(out))

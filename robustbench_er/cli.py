@@ -316,12 +316,14 @@ def _write_study(study: dict[str, Any], configs: Sequence[Any], quiet: bool) -> 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from robustbench_er.inputs.config import check_output_folder
     from robustbench_er.report.writers import write_reports
     from robustbench_er.store.results import Store
 
     out = Path(args.out)
     if not (out / Store.FILENAME).is_file():
         raise UserInputError(f"No results store in {str(out)!r}; run a sweep with --out {args.out} first.")
+    check_output_folder(out, "--out")
     store = Store(out)
     try:
         paths = write_reports(store, out, headline=_headline_arg(args.headline), table_eps=_floats_or_none(args.table_eps))

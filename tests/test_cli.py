@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,3 +107,21 @@ def test_attack_parameters_and_checkpoint_flag(tmp_path, capsys, none_digits):
              "--checkpoint", str(none_digits.folder), "--out", str(tmp_path / "w"), "--quiet"]
     assert main(wrong) == 2
     assert "trained on 'digits'; it cannot be evaluated on 'mnist5k'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm", "--eps", "0,0.1", "--samples", "20"],
+    ["train", "--dataset", "digits", "--defense", "none"],
+    ["quickstart"],
+    ["detect", "--dataset", "digits", "--defense", "none", "--detector", "kd", "--train-attack", "fgsm",
+     "--test-attack", "fgsm", "--eps", "0.1", "--samples", "100"],
+], ids=lambda a: a[0])
+@pytest.mark.parametrize("out", ["/proc/robustbench-er-x", "FILE/x"], ids=["proc", "under-a-file"])
+def test_an_output_folder_that_cannot_be_written_exits_2_with_one_sentence(argv, out, tmp_path, capsys):
+    if out.startswith("FILE"):
+        (tmp_path / "f").write_text("")
+        out = str(tmp_path / "f" / "x")
+    assert main([*argv, "--out", out, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(r"out: .*(cannot be created|is a file)", err), err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,13 +421,20 @@ def _reraise(where: str, exc: Exception) -> UserInputError:
 
 
 def check_output_folder(path: str | Path, where: str = "out") -> None:
-    """Refuse an output folder that cannot be created or written, before any work starts."""
+    """Refuse an output folder that cannot be created or written, before any work starts.
+
+    Permission bits are not enough (root passes them, and ``/proc`` or a read-only mount refuse
+    root too): the folder, or its nearest existing parent, is tried with a file or folder made
+    and removed at once."""
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
             raise UserInputError(f"{where}: {str(path)!r} exists and is not a folder.")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise UserInputError(f"{where}: the folder {str(path)!r} is not writable.")
+        try:
+            with tempfile.TemporaryFile(dir=p):
+                pass
+        except OSError as exc:
+            raise UserInputError(f"{where}: the folder {str(path)!r} is not writable ({exc.strerror or exc}).") from None
         for name in ("store.sqlite", "checkpoints"):
             f = p / name
             if f.exists() and not os.access(f, os.W_OK):
@@ -437,8 +445,11 @@ def check_output_folder(path: str | Path, where: str = "out") -> None:
         a = a.parent
     if not a.is_dir():
         raise UserInputError(f"{where}: {str(path)!r} cannot be created because {str(a)!r} is a file.")
-    if not os.access(a, os.W_OK | os.X_OK):
-        raise UserInputError(f"{where}: {str(path)!r} cannot be created (no write permission in {str(a)!r}).")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=a))
+    except OSError as exc:
+        raise UserInputError(f"{where}: {str(path)!r} cannot be created in {str(a)!r}"
+                             f" ({exc.strerror or exc}).") from None
 
 
 def check_device(name: str, where: str = "device") -> None:

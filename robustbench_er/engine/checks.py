@@ -159,6 +159,35 @@ def steps_frame(store: Store, cell_id: str) -> pd.DataFrame:
     return store.steps(cell_id)
 
 
+def _bisect_flags(outcomes: pd.DataFrame, g: list[float], cc: np.ndarray, att: np.ndarray,
+                  brk: np.ndarray) -> dict[str, str]:
+    """A grid search's rounds break at most what they attacked and leave no interval open."""
+    if (brk > att).any():
+        return {"curve-rises": "a search round broke more points than it attacked"}
+    lo, hi = bisect_state(outcomes, g)
+    open_ = int((cc & (hi - lo > 1)).sum())
+    if open_:
+        return {"curve-rises": f"the grid search left {open_} points unresolved in a finished cell"}
+    return {}
+
+
+def _fixed_steps_flags(att: np.ndarray, brk: np.ndarray, g: list[float], acc: np.ndarray, n: int,
+                       no_upstream: bool) -> dict[str, str]:
+    """An ascending sweep's step counts follow from one another and match the curve."""
+    for i in range(1, len(att)):
+        left = att[i - 1] - brk[i - 1]
+        if att[i] > left or (no_upstream and att[i] != left):
+            rises = "rises: " if att[i] > left else ""
+            return {"curve-rises": f"{rises}step {i} (eps {g[i]:g}) attacked {att[i]} points but {left}"
+                                   f" survived eps {g[i - 1]:g}"}
+    raw = (att - brk) / n
+    for i, e in enumerate(g):
+        if abs(raw[i] - acc[i]) > EPS_TOL:
+            return {"curve-rises": f"at eps {e:g} the steps leave {raw[i]:.3f} standing but the outcomes"
+                                   f" {acc[i]:.3f}"}
+    return {}
+
+
 def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], kind: str,
                 search: str = "ascending", upstream: pd.DataFrame | None = None) -> dict[str, str]:
     """The curve must not rise with eps, and the per-step counts must match the outcomes.
@@ -189,14 +218,7 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     att = steps["attacked"].to_numpy(dtype=int)
     brk = steps["broken"].to_numpy(dtype=int)
     if search == "bisect":
-
-        if (brk > att).any():
-            return {"curve-rises": "a search round broke more points than it attacked"}
-        lo, hi = bisect_state(outcomes, g)
-        open_ = int((cc & (hi - lo > 1)).sum())
-        if open_:
-            return {"curve-rises": f"the grid search left {open_} points unresolved in a finished cell"}
-        return {}
+        return _bisect_flags(outcomes, g, cc, att, brk)
     expected = len(g) if kind == "fixed" else 1
     if len(steps) != expected:
         return {"curve-rises": f"the store holds {len(steps)} of {expected} attack steps for a finished cell"}
@@ -205,18 +227,8 @@ def curve_flags(outcomes: pd.DataFrame, steps: pd.DataFrame, grid: list[float], 
     if att[0] != standing0:
         return {"curve-rises": f"the first step attacked {att[0]} points but {standing0} were standing"}
     if kind == "fixed":
-        for i in range(1, len(att)):
-            left = att[i - 1] - brk[i - 1]
-            if att[i] > left or (upstream is None and att[i] != left):
-                rises = "rises: " if att[i] > left else ""
-                return {"curve-rises": f"{rises}step {i} (eps {g[i]:g}) attacked {att[i]} points but {left}"
-                                       f" survived eps {g[i - 1]:g}"}
-        raw = (att - brk) / n
-        for i, e in enumerate(g):
-            if abs(raw[i] - acc[i]) > EPS_TOL:
-                return {"curve-rises": f"at eps {e:g} the steps leave {raw[i]:.3f} standing but the outcomes"
-                                       f" {acc[i]:.3f}"}
-    elif upstream is None:
+        return _fixed_steps_flags(att, brk, g, acc, n, upstream is None)
+    if upstream is None:
         standing = int((cc & outcomes["broken_at"].isna().to_numpy()).sum())
         if att[0] - brk[0] != standing:
             return {"curve-rises": f"the attack step left {att[0] - brk[0]} points standing but the outcomes"

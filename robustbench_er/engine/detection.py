@@ -241,6 +241,58 @@ def detection_cells(defense: str, trained: Any, data: Any, setup: DetectionSetup
     return base, tests, wanted
 
 
+def _stored_detections(store: Any, wanted: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], Any]:
+    """The wanted detection cells the store already holds (none without a store)."""
+    done: dict[tuple[str, str], Any] = {}
+    if store is not None:
+        for k, idt in wanted.items():
+            got = store.detection_row(cell_key(idt))
+            if got is not None:
+                done[k] = got
+    return done
+
+
+def _add_adaptive(sets: dict[str, Any], a_label: str, model: DefendedModel, det: Detector, x2: torch.Tensor,
+                  y2: torch.Tensor, t_eps: float, t_given: float, setup: DetectionSetup) -> None:
+    """Add set II's adaptive PGD examples against ``det`` to ``sets`` (unless the model cannot run it)."""
+    try:
+        adv_a = torch.cat([adaptive_pgd(model, det, x2[i:i + setup.batch_size], y2[i:i + setup.batch_size],
+                                        t_eps, steps=setup.adaptive_steps, seed=setup.seed + 17 + i)
+                           for i in range(0, len(x2), setup.batch_size)])
+        ok_a = (model.predict_label(adv_a).cpu() != y2).numpy()
+        sets[a_label] = (adv_a, ok_a, "Linf", t_given)
+    except NotImplementedError:
+        pass
+
+
+def _score_set(model: DefendedModel, det: Detector, defense: str, setup: DetectionSetup, label: str,
+               adv2: torch.Tensor, ok2: np.ndarray, norm: str, given: float, x2: torch.Tensor, y2: torch.Tensor,
+               sizes: tuple[int, int]) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One test attack's row for a fitted detector, with the scores of its examples and of the negatives."""
+    neg2 = torch.cat([x2, noisy_like(x2, adv2, setup.seed + 13)])
+    s_adv, s_neg = det.score(model, adv2), det.score(model, neg2)
+    detected = s_adv >= 0.5
+    right = (model.predict_label(adv2).cpu() == y2).numpy()
+    c = Counts(N=len(adv2), n_adv=int(detected.sum()), n_cla=int((~detected & right).sum()),
+               M=len(neg2), m_nadv=int((s_neg < 0.5).sum()))
+    row = {"defense": defense, "detector": det.name, "train_attack": setup.train_attack.display,
+           "test_attack": label, "norm": norm, "eps": given, "split_seed": setup.split_seed,
+           "set1": sizes[0], "set2": sizes[1], "successful": int(ok2.sum()),
+           "N": c.N, "n_adv": c.n_adv, "n_cla": c.n_cla, "M": c.M, "m_nadv": c.m_nadv,
+           **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg)}
+    return row, s_adv, s_neg
+
+
+def _rows_of(wanted: dict[tuple[str, str], dict[str, Any]], done: dict[tuple[str, str], Any]) -> list[dict[str, Any]]:
+    """The rows of the wanted cells that are done, in the order of ``wanted``, with their scores."""
+    rows: list[dict[str, Any]] = []
+    for k in wanted:
+        if k in done:
+            row, (pos, neg) = done[k]
+            rows.append({**row, "_scores": (np.asarray(pos, dtype=float), np.asarray(neg, dtype=float))})
+    return rows
+
+
 def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
                   progress: bool = False, store: Any = None,
                   crafted: dict[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -261,15 +313,9 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
     eot = base["eot"]
     t_cfg, t_norm, t_given, t_eps = threat(setup.train_attack, setup, int(np.prod(data.x_test.shape[1:])))
     adaptive = setup.adaptive and t_norm == "Linf"
-    done: dict[tuple[str, str], Any] = {}
-    if store is not None:
-        for k, idt in wanted.items():
-            got = store.detection_row(cell_key(idt))
-            if got is not None:
-                done[k] = got
+    done = _stored_detections(store, wanted)
     missing_dets = [d for d in setup.detectors if any(k[0] == d and k not in done for k in wanted)]
 
-    rows: list[dict[str, Any]] = []
     if missing_dets:
         correct = (model.predict_label(x).cpu() == y).numpy()
         x, y = x[correct], y[correct]
@@ -301,35 +347,15 @@ def run_detection(defense: str, trained: Any, data: Any, setup: DetectionSetup,
             sets = {k: v for k, v in test_sets.items() if (dname, k) not in done}
             a_label = f"adaptive pgd vs {det.name}"
             if adaptive and (dname, a_label) not in done:
-                try:
-                    adv_a = torch.cat([adaptive_pgd(model, det, x2[i:i + setup.batch_size], y2[i:i + setup.batch_size],
-                                                    t_eps, steps=setup.adaptive_steps, seed=setup.seed + 17 + i)
-                                       for i in range(0, len(x2), setup.batch_size)])
-                    ok_a = (model.predict_label(adv_a).cpu() != y2).numpy()
-                    sets[a_label] = (adv_a, ok_a, "Linf", t_given)
-                except NotImplementedError:
-                    pass
+                _add_adaptive(sets, a_label, model, det, x2, y2, t_eps, t_given, setup)
             for label, (adv2, ok2, norm, given) in sets.items():
-                neg2 = torch.cat([x2, noisy_like(x2, adv2, setup.seed + 13)])
-                s_adv, s_neg = det.score(model, adv2), det.score(model, neg2)
-                detected = s_adv >= 0.5
-                right = (model.predict_label(adv2).cpu() == y2).numpy()
-                c = Counts(N=len(adv2), n_adv=int(detected.sum()), n_cla=int((~detected & right).sum()),
-                           M=len(neg2), m_nadv=int((s_neg < 0.5).sum()))
-                row = {"defense": defense, "detector": det.name, "train_attack": setup.train_attack.display,
-                       "test_attack": label, "norm": norm, "eps": given, "split_seed": setup.split_seed,
-                       "set1": len(set1), "set2": len(set2), "successful": int(ok2.sum()),
-                       "N": c.N, "n_adv": c.n_adv, "n_cla": c.n_cla, "M": c.M, "m_nadv": c.m_nadv,
-                       **acc_metrics(c), **roc_metrics(s_adv[ok2], s_neg)}
+                row, s_adv, s_neg = _score_set(model, det, defense, setup, label, adv2, ok2, norm, given, x2, y2,
+                                               (len(set1), len(set2)))
                 if store is not None and (dname, label) in wanted:
                     idt = wanted[(dname, label)]
                     store.put_detection_row(cell_key(idt), idt, row, (s_adv[ok2], s_neg))
                 done[(dname, label)] = (row, (s_adv[ok2], s_neg))
-    for k in wanted:
-        if k in done:
-            row, (pos, neg) = done[k]
-            rows.append({**row, "_scores": (np.asarray(pos, dtype=float), np.asarray(neg, dtype=float))})
-    return rows
+    return _rows_of(wanted, done)
 
 
 def write_detection(rows: list[dict[str, Any]], out: Any, command: str) -> dict[str, Any]:

@@ -256,6 +256,84 @@ class CellSummary:
     seed: int = 0
 
 
+def _set_clean(store: Store, cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor,
+               batch_size: int) -> None:
+    """Store the cell's clean verdicts: its upstream stage's outcomes, or a clean prediction."""
+    if cell.upstream is not None:
+        up = store.outcomes(cell.upstream).set_index("sample_id")
+        missing = set(cell.sample_ids.tolist()) - set(up.index.tolist())
+        if missing:
+            raise RuntimeError(f"cascade stage {cell.cell_id} has {len(missing)} points its upstream lacks")
+        up = up.loc[cell.sample_ids.tolist()]
+        store.set_clean(cell.cell_id, cell.sample_ids, up["label"].tolist(),
+                        up["clean_correct"].astype(bool).tolist(), up["broken_at"].tolist(),
+                        up["broken_by"].tolist())
+    else:
+        torch.manual_seed(seed_for(cell.cell_id, -1))
+        pred = model.predict_label(x_all, n_passes=cell.eot, batch_size=batch_size)
+        store.set_clean(cell.cell_id, cell.sample_ids, y_all.cpu().tolist(), (pred == y_all).cpu().tolist())
+
+
+def _attack_step(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor, pos: np.ndarray,
+                 eps: np.ndarray | None, step: int, batch_size: int, runner: BatchRunner | None
+                 ) -> tuple[dict[int, float], dict[int, float | None], list[str]]:
+    """Attack one step's points: the samples broken (at which eps), those a search survived, the warnings."""
+    broken: dict[int, float] = {}
+    survived: dict[int, float | None] = {}
+    messages: list[str] = []
+    if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
+        ok, norms, messages = attack_points(cell, model, x_all, y_all, pos, eps, seed_for(cell.cell_id, step),
+                                   batch_size, runner)
+        for j, p in enumerate(pos):
+            sid = int(cell.sample_ids[p])
+            if not ok[j]:
+                if eps is not None and cell.search == "bisect":
+                    survived[sid] = float(eps[j])
+                continue
+            if eps is None:
+                broken[sid] = float(norms[j])
+            elif cell.search == "bisect":
+                # the example lies in every grid ball at or above its measured norm
+                broken[sid] = float(cell.grid[min(grid_index_at_or_above(cell.grid, float(norms[j])),
+                                                  len(cell.grid) - 1)])
+            else:
+                broken[sid] = float(eps[j])
+    return broken, survived, messages
+
+
+def _run_steps(store: Store, cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor,
+               step: int, bar: Any, batch_size: int, on_step: Callable[[int], None] | None,
+               heartbeat: Callable[[], None] | None, runner: BatchRunner | None) -> None:
+    """Run the cell's unfinished steps from ``step`` on, committing each to the store."""
+    label = cell.attack_cfg.display
+    ran = 0
+    while True:
+        out = store.outcomes(cell.cell_id)
+        nxt = next_step(cell, out, step)
+        if nxt is None:
+            break
+        if on_step is not None:
+            try:
+                on_step(ran)  # told how many steps this call has run; may stop the cell by raising
+            except BaseException:
+                bar.close()
+                raise
+        t0 = time.perf_counter()
+        rec_eps, pos, eps, phase = nxt
+        broken, survived, messages = _attack_step(cell, model, x_all, y_all, pos, eps, step, batch_size, runner)
+        tried = [int(cell.sample_ids[p]) for p in pos] if phase == "retry" else []
+        if phase == "retry":
+            # a failed retry changes nothing; a success re-opens the sample's interval below it
+            survived = {sid: None for sid in broken}
+        store.record_step(cell.cell_id, step, rec_eps, broken, len(pos), time.perf_counter() - t0,
+                          label=label, survived=survived, tried=tried, warnings=messages)
+        if heartbeat:
+            heartbeat()
+        step += 1
+        ran += 1
+        bar.update(1)
+
+
 def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool = True,
              on_step: Callable[[int], None] | None = None, heartbeat: Callable[[], None] | None = None,
              runner: BatchRunner | None = None) -> CellSummary:
@@ -284,68 +362,12 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
         y_all = cell.dataset.y_test[ids].to(dev)
         model.eval()
         if not store.has_clean(cell.cell_id):
-            if cell.upstream is not None:
-                up = store.outcomes(cell.upstream).set_index("sample_id")
-                missing = set(cell.sample_ids.tolist()) - set(up.index.tolist())
-                if missing:
-                    raise RuntimeError(f"cascade stage {cell.cell_id} has {len(missing)} points its upstream lacks")
-                up = up.loc[cell.sample_ids.tolist()]
-                store.set_clean(cell.cell_id, cell.sample_ids, up["label"].tolist(),
-                                up["clean_correct"].astype(bool).tolist(), up["broken_at"].tolist(),
-                                up["broken_by"].tolist())
-            else:
-                torch.manual_seed(seed_for(cell.cell_id, -1))
-                pred = model.predict_label(x_all, n_passes=cell.eot, batch_size=batch_size)
-                store.set_clean(cell.cell_id, cell.sample_ids, y_all.cpu().tolist(), (pred == y_all).cpu().tolist())
+            _set_clean(store, cell, model, x_all, y_all, batch_size)
         label = cell.attack_cfg.display
         step = len(store.done_steps(cell.cell_id))
         total = len(cell.grid) if cell.search == "ascending" else None
         bar = tqdm(total=total, initial=step, disable=not progress, leave=False, desc=f"{cell.defense}/{label}")
-        ran = 0
-        while True:
-            out = store.outcomes(cell.cell_id)
-            nxt = next_step(cell, out, step)
-            if nxt is None:
-                break
-            if on_step is not None:
-                try:
-                    on_step(ran)  # told how many steps this call has run; may stop the cell by raising
-                except BaseException:
-                    bar.close()
-                    raise
-            t0 = time.perf_counter()
-            rec_eps, pos, eps, phase = nxt
-            broken: dict[int, float] = {}
-            survived: dict[int, float | None] = {}
-            messages: list[str] = []
-            if len(pos) and (eps is None or bool(np.any(eps > 0))):  # nothing to attack at eps 0
-                ok, norms, messages = attack_points(cell, model, x_all, y_all, pos, eps, seed_for(cell.cell_id, step),
-                                           batch_size, runner)
-                for j, p in enumerate(pos):
-                    sid = int(cell.sample_ids[p])
-                    if not ok[j]:
-                        if eps is not None and cell.search == "bisect":
-                            survived[sid] = float(eps[j])
-                        continue
-                    if eps is None:
-                        broken[sid] = float(norms[j])
-                    elif cell.search == "bisect":
-                        # the example lies in every grid ball at or above its measured norm
-                        broken[sid] = float(cell.grid[min(grid_index_at_or_above(cell.grid, float(norms[j])),
-                                                          len(cell.grid) - 1)])
-                    else:
-                        broken[sid] = float(eps[j])
-            tried = [int(cell.sample_ids[p]) for p in pos] if phase == "retry" else []
-            if phase == "retry":
-                # a failed retry changes nothing; a success re-opens the sample's interval below it
-                survived = {sid: None for sid in broken}
-            store.record_step(cell.cell_id, step, rec_eps, broken, len(pos), time.perf_counter() - t0,
-                              label=label, survived=survived, tried=tried, warnings=messages)
-            if heartbeat:
-                heartbeat()
-            step += 1
-            ran += 1
-            bar.update(1)
+        _run_steps(store, cell, model, x_all, y_all, step, bar, batch_size, on_step, heartbeat, runner)
         bar.close()
         store.finish_cell(cell.cell_id)
     out = store.outcomes(cell.cell_id)

@@ -94,6 +94,27 @@ def _random_start(x: torch.Tensor, eps: torch.Tensor, norm: str, gen: torch.Gene
     return (x + noise).clamp(0, 1)
 
 
+def _first_iterate(x: torch.Tensor, eps_t: torch.Tensor, norm: str, x_init: torch.Tensor | None,
+                   random_start: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """PGD's starting point: the warm start projected, a random start, or ``x`` itself."""
+    if x_init is not None:
+        return _project(x, x_init.to(x), eps_t, norm)
+    if random_start:
+        return _project(x, _random_start(x, eps_t, norm, generator), eps_t, norm)
+    return x.clone()
+
+
+def _pgd_step(xa: torch.Tensor, grad: torch.Tensor, x0: torch.Tensor, ec: torch.Tensor, ac: torch.Tensor,
+              lo: torch.Tensor, hi: torch.Tensor, norm: str, view: tuple[int, ...]) -> torch.Tensor:
+    """One PGD step of size ``ac`` along ``grad`` in ``norm``, back into the ball and the box."""
+    if norm == "Linf":
+        return torch.clamp(xa + ac * grad.sign(), lo, hi)
+    if norm == "L2":
+        gn = grad.reshape(len(grad), -1).norm(dim=1).clamp_min(1e-12).view(view)
+        return _project(x0, xa + ac * grad / gn, ec, norm)
+    return _project(x0, xa + _l1_step(grad, xa, ac, L1_QUANTILE), ec, norm)
+
+
 def pgd(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor | float, *,
         norm: str = "Linf", steps: int = 40, rel_stepsize: float | None = None,
         random_start: bool = True, early_stop: bool = True, loss: str = "ce", eot: int = 1,
@@ -109,12 +130,7 @@ def pgd(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tenso
     n = len(x)
     eps_t = torch.as_tensor(eps, dtype=x.dtype, device=x.device).expand(n).clone() if not torch.is_tensor(eps) or eps.ndim == 0 else eps.to(x)
     alpha = eps_t * (rel_stepsize if rel_stepsize is not None else 2.5 / max(steps, 1))
-    if x_init is not None:
-        x_adv = _project(x, x_init.to(x), eps_t, norm)
-    elif random_start:
-        x_adv = _project(x, _random_start(x, eps_t, norm, generator), eps_t, norm)
-    else:
-        x_adv = x.clone()
+    x_adv = _first_iterate(x, eps_t, norm, x_init, random_start, generator)
     randomized = bool(getattr(model, "randomized", False))
     early = early_stop and not randomized
     sign = -1.0 if targeted else 1.0
@@ -154,13 +170,7 @@ def pgd(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tenso
                     lo, hi = lo[keep], hi[keep]
                 if len(idx) == 0:
                     break
-        if norm == "Linf":
-            xc = torch.clamp(xa + ac * grad.sign(), lo, hi)
-        elif norm == "L2":
-            gn = grad.reshape(len(grad), -1).norm(dim=1).clamp_min(1e-12).view(view)
-            xc = _project(x0, xa + ac * grad / gn, ec, norm)
-        else:
-            xc = _project(x0, xa + _l1_step(grad, xa, ac, L1_QUANTILE), ec, norm)
+        xc = _pgd_step(xa, grad, x0, ec, ac, lo, hi, norm, view)
     if len(idx):
         out[idx] = xc.detach()
     return out

@@ -176,6 +176,174 @@ def _worst_at(eps: float, chains: list[list[str]], info: dict[str, tuple[str, li
     return worst_case(frames), len(frames)
 
 
+@dataclass
+class _Group:
+    """One (dataset, defense checkpoint, norm, seed) group of finished cells and what its rows share."""
+
+    dataset: Any
+    defense: Any
+    ckpt: Any
+    norm: str
+    seed: int
+    ids: list[str]
+    specs: dict[str, dict[str, Any]]
+    union: list[float]
+    scale: float
+    unit: str
+    chains: list[list[str]]
+    eot_n: int
+    rows: dict[str, Any]
+    info: dict[str, tuple[str, list[float]]]
+
+    def eps_cols(self, e: float) -> dict[str, Any]:
+        """A curve row's epsilon columns: the value, its pretty form, the unit and the value in it."""
+        return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=self.unit,
+                    eps_in_unit=from_norm(float(e), self.unit, self.scale))
+
+
+def _group_of(key: tuple[Any, ...], group: pd.DataFrame, by_cell: dict[str, pd.DataFrame]) -> _Group | None:
+    """The context of one group of cells, or None when none of its cells has outcomes."""
+    dataset, defense, ckpt, norm, seed = key
+    seed = int(seed)
+    ids = [c for c in group["cell_id"] if c in by_cell]
+    if not ids:
+        return None
+    specs = {r.cell_id: json.loads(r.spec) for r in group.itertuples()}
+    union = sorted({float(e) for r in group.itertuples() for e in json.loads(r.grid)})
+    scale = float(next(iter(specs.values())).get("eps_scale") or 1.0)
+    unit = next(iter(specs.values())).get("l2_unit") or ("l2" if norm == "L2" else norm.lower())
+    chains = _chains(ids, specs)
+    eot_n = int(group["eot"].max())
+    rows = {r.cell_id: r for r in group.itertuples()}
+    info = {c: (rows[c].kind, [float(e) for e in json.loads(rows[c].grid)]) for c in ids}
+    return _Group(dataset, defense, ckpt, norm, seed, ids, specs, union, scale, unit, chains, eot_n, rows, info)
+
+
+def _attack_curves(grp: _Group, by_cell: dict[str, pd.DataFrame], flags: pd.DataFrame,
+                   curve_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]]
+                   ) -> tuple[dict[str, str], dict[str, str]]:
+    """Append each attack's curve rows and attack row; return the cells' labels and the group's flags."""
+    labels: dict[str, str] = {}
+    cell_flags: dict[str, str] = {}
+    for chain in grp.chains:
+        cascade = len(chain) > 1
+        for stage, cid in enumerate(chain):
+            r = grp.rows[cid]
+            label = r.attack_label
+            if label in labels.values():  # the same attack run twice (other samples or settings)
+                label = f"{label}#{cid[:6]}"
+            labels[cid] = label
+            out = by_cell[cid]
+            kind, grid = grp.info[cid]
+            g = grid if kind == "fixed" else grp.union
+            acc = curve(out, g)
+            clean = float(out["clean_correct"].mean())
+            for f in flags[flags["cell_id"] == cid].itertuples():
+                cell_flags[f.flag] = f.detail
+            for e, a in zip(g, acc):
+                curve_rows.append(dict(dataset=grp.dataset, defense=grp.defense, attack=label, norm=grp.norm,
+                                       **grp.eps_cols(e), n=len(out), clean_acc=clean, robust_acc=float(a),
+                                       eot_n=int(r.eot), checkpoint=grp.ckpt,
+                                       mode="cascade" if cascade else "independent", stage=stage, seed=grp.seed))
+            ok = out["clean_correct"].astype(bool)
+            own = ok & (out["broken_by"] == r.attack_label) if "broken_by" in out else ok
+            attack_rows.append(dict(
+                dataset=grp.dataset, defense=grp.defense, checkpoint=grp.ckpt, norm=grp.norm, seed=grp.seed,
+                attack=label, attack_name=r.attack, kind=kind, access=grp.specs[cid].get("access", "gradient"),
+                reports_as=grp.specs[cid].get("reports_as"), mode="cascade" if cascade else "independent",
+                stage=stage, n=len(out), grid=g, acc=acc,
+                auc=auc(g, acc) if len(g) >= 2 else math.nan,
+                # mean distance of the examples a minimization attack found itself (ADBD for RayS)
+                adbd=float(out.loc[own, "broken_at"].mean()) if kind == "min" else math.nan))
+    return labels, cell_flags
+
+
+def _worst_curve(grp: _Group, by_cell: dict[str, pd.DataFrame], curve_rows: list[dict[str, Any]]) -> list[float]:
+    """Append the worst case's curve rows, per eps of the union grid on the points every attack
+    there ran on; return its accuracy per eps (NaN where no attack covers the eps)."""
+    wc_acc = []
+    for e in grp.union:
+        got = _worst_at(e, grp.chains, grp.info, by_cell)
+        if got is None:
+            wc_acc.append(math.nan)
+            continue
+        wc, _ = got
+        a = float(curve(wc, [e])[0])
+        wc_acc.append(a)
+        curve_rows.append(dict(dataset=grp.dataset, defense=grp.defense, attack=WORST, norm=grp.norm,
+                               **grp.eps_cols(e), n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
+                               robust_acc=a, eot_n=grp.eot_n, checkpoint=grp.ckpt, mode="", stage=-1,
+                               seed=grp.seed))
+    return wc_acc
+
+
+def _group_headline(grp: _Group, headline: Headline, remembered: dict[str, float]) -> float:
+    """The group's headline eps on its grid: the one asked for, else the last sweep's, else the dataset's."""
+    hl_default = next((s.get("headline") for s in grp.specs.values() if s.get("headline") is not None), None)
+    asked = _headline_for(headline, grp.norm)
+    if asked is None:
+        asked = remembered.get(grp.norm)
+    target = asked if asked is not None else hl_default
+    return _snap(grp.union, target)
+
+
+def _board_row(grp: _Group, by_cell: dict[str, pd.DataFrame], hl: float, wc_acc: list[float],
+               cell_flags: dict[str, str], attack_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The group's leaderboard row at the headline eps ``hl``; sets its attack rows' robust accuracy there."""
+    got = _worst_at(hl, grp.chains, grp.info, by_cell)
+    wc, n_chains = got if got is not None else (by_cell[grp.ids[0]], 1)
+    sets = {len(by_cell[c]) for chain in grp.chains for c in chain if _covers(grp.info[c][0], grp.info[c][1], hl)}
+    note = ""
+    if len(sets) > 1:
+        note = (f"worst case on the {len(wc)} points every attack at {pretty_eps(hl)} ran on"
+                f" (attacks ran on {', '.join(str(k) for k in sorted(sets, reverse=True))} points)")
+    for row in attack_rows:
+        if (row["dataset"], row["defense"], row["checkpoint"], row["norm"], row["seed"]) == (
+                grp.dataset, grp.defense, grp.ckpt, grp.norm, grp.seed):
+            row["robust_acc"] = next((float(a) for e, a in zip(row["grid"], row["acc"]) if abs(e - hl) < EPS_TOL),
+                                     math.nan)
+    return dict(
+        dataset=grp.dataset, defense=grp.defense, norm=grp.norm, seed=grp.seed, headline_eps=hl,
+        headline_label=pretty_eps(hl), eps_unit=grp.unit, headline_in_unit=from_norm(hl, grp.unit, grp.scale),
+        n=len(wc), clean_acc=float(wc["clean_correct"].mean()), robust_acc=float(curve(wc, [hl])[0]),
+        auc=auc(grp.union, wc_acc) if len(grp.union) >= 2 else math.nan,
+        attacks_in_headline=n_chains, eot_n=grp.eot_n, sample_note=note,
+        flags=";".join(sorted(cell_flags)),
+        flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=grp.ckpt)
+
+
+def _add_cross_flags(grp: _Group, by_cell: dict[str, pd.DataFrame], labels: dict[str, str],
+                     b: dict[str, Any]) -> None:
+    """Merge the cross-attack flags of the group into its board row ``b``."""
+    # compare attacks pairwise on the points both ran (e.g. PGD on 1,000 vs RayS on 100); a
+    # cascade's later stages hold cumulative outcomes, so only each chain's first stage compares
+    runs = {}
+    for chain in grp.chains:
+        cid = chain[0]
+        runs[labels[cid]] = attack_run(by_cell[cid], grp.info[cid][1] if grp.info[cid][0] == "fixed" else grp.union,
+                                       grp.specs[cid])
+    new = cross_attack_flags(runs)
+    if new:
+        merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}
+        b["flags"] = ";".join(sorted(merged))
+        b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(merged.items()))
+
+
+def _frames(curve_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]],
+            board_rows: list[dict[str, Any]]) -> Tables:
+    """The tables from the rows: each curve row gains its group's flags, the board its seed aggregates."""
+    curves = pd.DataFrame(curve_rows)
+    attacks = pd.DataFrame(attack_rows).drop(columns=["grid", "acc"]) if attack_rows else pd.DataFrame()
+    board = pd.DataFrame(board_rows)
+    if not curves.empty:
+        flag_map = {(r["dataset"], r["checkpoint"], r["norm"], r["seed"]): r["flags"] for _, r in board.iterrows()}
+        curves["flags"] = [flag_map.get(k, "") for k in zip(curves["dataset"], curves["checkpoint"], curves["norm"],
+                                                            curves["seed"])]
+    if not board.empty:
+        board = with_seed_aggregates(board)
+    return Tables(curves, attacks, board)
+
+
 def build_tables(store: Store, headline: Headline = None) -> Tables:
     """Long-form tables from everything finished in the store.
 
@@ -196,120 +364,16 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
         return Tables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     by_cell = {cid: df.drop(columns="cell_id").sort_values("sample_id") for cid, df in outcomes.groupby("cell_id")}
     cells = cells.assign(seed=[int(json.loads(sp).get("seed") or 0) for sp in cells["spec"]])
-    for (dataset, defense, ckpt, norm, seed), group in cells.groupby(["dataset", "defense", "checkpoint", "norm", "seed"],
-                                                                     sort=False):
-        seed = int(seed)
-        ids = [c for c in group["cell_id"] if c in by_cell]
-        if not ids:
+    for key, group in cells.groupby(["dataset", "defense", "checkpoint", "norm", "seed"], sort=False):
+        grp = _group_of(key, group, by_cell)
+        if grp is None:
             continue
-        specs = {r.cell_id: json.loads(r.spec) for r in group.itertuples()}
-        union = sorted({float(e) for r in group.itertuples() for e in json.loads(r.grid)})
-        scale = float(next(iter(specs.values())).get("eps_scale") or 1.0)
-        unit = next(iter(specs.values())).get("l2_unit") or ("l2" if norm == "L2" else norm.lower())
-        chains = _chains(ids, specs)
-        eot_n = int(group["eot"].max())
-        rows = {r.cell_id: r for r in group.itertuples()}
-        info = {c: (rows[c].kind, [float(e) for e in json.loads(rows[c].grid)]) for c in ids}
-        labels: dict[str, str] = {}
-        cell_flags: dict[str, str] = {}
-
-        def eps_cols(e: float, unit: str = unit, scale: float = scale) -> dict[str, Any]:
-            return dict(eps=float(e), eps_label=pretty_eps(float(e)), eps_unit=unit,
-                        eps_in_unit=from_norm(float(e), unit, scale))
-
-        for chain in chains:
-            cascade = len(chain) > 1
-            for stage, cid in enumerate(chain):
-                r = rows[cid]
-                label = r.attack_label
-                if label in labels.values():  # the same attack run twice (other samples or settings)
-                    label = f"{label}#{cid[:6]}"
-                labels[cid] = label
-                out = by_cell[cid]
-                kind, grid = info[cid]
-                g = grid if kind == "fixed" else union
-                acc = curve(out, g)
-                clean = float(out["clean_correct"].mean())
-                for f in flags[flags["cell_id"] == cid].itertuples():
-                    cell_flags[f.flag] = f.detail
-                for e, a in zip(g, acc):
-                    curve_rows.append(dict(dataset=dataset, defense=defense, attack=label, norm=norm, **eps_cols(e),
-                                           n=len(out), clean_acc=clean, robust_acc=float(a), eot_n=int(r.eot),
-                                           checkpoint=ckpt, mode="cascade" if cascade else "independent",
-                                           stage=stage, seed=seed))
-                ok = out["clean_correct"].astype(bool)
-                own = ok & (out["broken_by"] == r.attack_label) if "broken_by" in out else ok
-                attack_rows.append(dict(
-                    dataset=dataset, defense=defense, checkpoint=ckpt, norm=norm, seed=seed, attack=label,
-                    attack_name=r.attack, kind=kind, access=specs[cid].get("access", "gradient"),
-                    reports_as=specs[cid].get("reports_as"), mode="cascade" if cascade else "independent",
-                    stage=stage, n=len(out), grid=g, acc=acc,
-                    auc=auc(g, acc) if len(g) >= 2 else math.nan,
-                    # mean distance of the examples a minimization attack found itself (ADBD for RayS)
-                    adbd=float(out.loc[own, "broken_at"].mean()) if kind == "min" else math.nan))
-        # worst case per eps of the union grid, on the points every attack there ran on
-        wc_acc, wc_n = [], []
-        for e in union:
-            got = _worst_at(e, chains, info, by_cell)
-            if got is None:
-                wc_acc.append(math.nan)
-                wc_n.append(0)
-                continue
-            wc, _ = got
-            a = float(curve(wc, [e])[0])
-            wc_acc.append(a)
-            wc_n.append(len(wc))
-            curve_rows.append(dict(dataset=dataset, defense=defense, attack=WORST, norm=norm, **eps_cols(e),
-                                   n=len(wc), clean_acc=float(wc["clean_correct"].mean()), robust_acc=a,
-                                   eot_n=eot_n, checkpoint=ckpt, mode="", stage=-1, seed=seed))
-        hl_default = next((s.get("headline") for s in specs.values() if s.get("headline") is not None), None)
-        asked = _headline_for(headline, norm)
-        if asked is None:
-            asked = remembered.get(norm)
-        target = asked if asked is not None else hl_default
-        hl = _snap(union, target)
-        got = _worst_at(hl, chains, info, by_cell)
-        wc, n_chains = got if got is not None else (by_cell[ids[0]], 1)
-        sets = {len(by_cell[c]) for chain in chains for c in chain if _covers(info[c][0], info[c][1], hl)}
-        note = ""
-        if len(sets) > 1:
-            note = (f"worst case on the {len(wc)} points every attack at {pretty_eps(hl)} ran on"
-                    f" (attacks ran on {', '.join(str(k) for k in sorted(sets, reverse=True))} points)")
-        for row in attack_rows:
-            if (row["dataset"], row["defense"], row["checkpoint"], row["norm"], row["seed"]) == (dataset, defense, ckpt,
-                                                                                                  norm, seed):
-                row["robust_acc"] = next((float(a) for e, a in zip(row["grid"], row["acc"]) if abs(e - hl) < EPS_TOL),
-                                         math.nan)
-        board_rows.append(dict(
-            dataset=dataset, defense=defense, norm=norm, seed=seed, headline_eps=hl, headline_label=pretty_eps(hl),
-            eps_unit=unit, headline_in_unit=from_norm(hl, unit, scale), n=len(wc), clean_acc=float(wc["clean_correct"].mean()),
-            robust_acc=float(curve(wc, [hl])[0]), auc=auc(union, wc_acc) if len(union) >= 2 else math.nan,
-            attacks_in_headline=n_chains, eot_n=eot_n, sample_note=note,
-            flags=";".join(sorted(cell_flags)),
-            flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=ckpt))
-        # compare attacks pairwise on the points both ran (e.g. PGD on 1,000 vs RayS on 100); a
-        # cascade's later stages hold cumulative outcomes, so only each chain's first stage compares
-        runs = {}
-        for chain in chains:
-            cid = chain[0]
-            runs[labels[cid]] = attack_run(by_cell[cid], info[cid][1] if info[cid][0] == "fixed" else union,
-                                           specs[cid])
-        new = cross_attack_flags(runs)
-        if new:
-            b = board_rows[-1]
-            merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}
-            b["flags"] = ";".join(sorted(merged))
-            b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(merged.items()))
-    curves = pd.DataFrame(curve_rows)
-    attacks = pd.DataFrame(attack_rows).drop(columns=["grid", "acc"]) if attack_rows else pd.DataFrame()
-    board = pd.DataFrame(board_rows)
-    if not curves.empty:
-        flag_map = {(r["dataset"], r["checkpoint"], r["norm"], r["seed"]): r["flags"] for _, r in board.iterrows()}
-        curves["flags"] = [flag_map.get(k, "") for k in zip(curves["dataset"], curves["checkpoint"], curves["norm"],
-                                                            curves["seed"])]
-    if not board.empty:
-        board = with_seed_aggregates(board)
-    return Tables(curves, attacks, board)
+        labels, cell_flags = _attack_curves(grp, by_cell, flags, curve_rows, attack_rows)
+        wc_acc = _worst_curve(grp, by_cell, curve_rows)
+        hl = _group_headline(grp, headline, remembered)
+        board_rows.append(_board_row(grp, by_cell, hl, wc_acc, cell_flags, attack_rows))
+        _add_cross_flags(grp, by_cell, labels, board_rows[-1])
+    return _frames(curve_rows, attack_rows, board_rows)
 
 
 #: the board's numbers an aggregate row gives as mean and sample std over seeds

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import nn
 
 from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import EPS_TOL
 from robustbench_er.data.datasets import load_dataset
+from robustbench_er.data.given import as_tensors, registered_test_set, test_set
 from robustbench_er.engine.trained import get_or_train
 from robustbench_er.inputs.config import parse_experiment
 from robustbench_er.jobs.sweep import run_sweep
@@ -72,14 +74,23 @@ class BenchmarkResult:
         return float(hit["robust_acc"].iloc[0])
 
 
-def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], eps: str | Sequence[float] | float,
-              norm: str = "Linf", samples: int | str = 500, out: str | Path | None = None, name: str = "model",
+def benchmark(model: nn.Module, *, dataset: str | None = None, data: Any = None, attacks: str | Sequence[Any],
+              eps: str | Sequence[float] | float,
+              norm: str = "Linf", samples: int | str | None = None, out: str | Path | None = None, name: str = "model",
               randomized: bool = False, differentiable: bool = True, output: str = "logits",
               normalize: tuple[Sequence[float], Sequence[float]] | None = None, mode: str = "cascade",
               search: str = "bisect", headline: float | None = None, eot: int = 10, batch_size: int = 128,
               seed: int = 0, device: str = "auto", data_dir: str | Path | None = None,
               progress: bool = False) -> BenchmarkResult:
-    """Sweep ``attacks`` over ``eps`` against ``model`` on ``dataset``; return the curves and leaderboard.
+    """Sweep ``attacks`` over ``eps`` against ``model`` on ``dataset`` or on your own test points
+    ``data``; return the curves and leaderboard.
+
+    ``data`` is ``(x, y)`` (tensors or arrays: images N x C x H x W in [0, 1], integer labels) or a
+    DataLoader of such batches, in place of ``dataset``: the image shape comes from the data and
+    the classes from the model's output width (labels beyond it are refused). Results are keyed
+    on a hash of the points as they are on the model's weights, so a rerun in the same ``out``
+    resumes and other points never reuse them. ``samples`` defaults to 500 points of a dataset,
+    and to every point of ``data``.
 
     ``model`` maps images in [0, 1] (N x C x H x W) to logits, or to probabilities with
     ``output="probs"``; with ``normalize=(mean, std)`` it expects normalised images and the
@@ -100,6 +111,53 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
         raise UserInputError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
     if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\,()"):
         raise UserInputError(f"name must be a plain non-empty string; got {name!r}.")
+    with contextlib.ExitStack() as stack:
+        if (dataset is None) == (data is None):
+            raise UserInputError("Give either dataset= (a registered dataset's name) or data= (your own"
+                                 " (images, labels) or a DataLoader), not both or neither.")
+        if data is not None:
+            points = _test_set(model, data, normalize)
+            dataset = stack.enter_context(registered_test_set(points))
+            samples = len(points.y_test) if samples is None else samples
+        return _benchmark(model, dataset=str(dataset), attacks=attacks, eps=eps, norm=norm,
+                          samples=500 if samples is None else samples, out=out, name=name, randomized=randomized,
+                          differentiable=differentiable, output=output, normalize=normalize, mode=mode,
+                          search=search, headline=headline, eot=eot, batch_size=batch_size, seed=seed,
+                          device=device, data_dir=data_dir, progress=progress)
+
+
+def _test_set(model: nn.Module, data: Any, normalize: Any) -> Any:
+    """``data=`` as a registered-able test set, its classes read from the model's output width."""
+    x, y = as_tensors(data, "data")
+    net = model.net if isinstance(model, DefendedModel) else model
+    probe = x[:2]
+    if normalize is not None and not isinstance(model, DefendedModel):
+        with contextlib.suppress(TypeError, ValueError, IndexError, RuntimeError):
+            mean = torch.as_tensor([float(v) for v in normalize[0]]).view(1, -1, 1, 1)
+            std = torch.as_tensor([float(v) for v in normalize[1]]).view(1, -1, 1, 1)
+            probe = (probe - mean) / std
+    try:
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            logits = net(probe.to(next(iter(net.parameters()), probe).device))
+        net.train(was)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        raise UserInputError(f"The model cannot take the data's images (shape {' x '.join(map(str, x.shape[1:]))}):"
+                             f" {type(exc).__name__}: {first}.") from None
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise UserInputError(f"The model must return N x classes logits; it returned"
+                             f" {tuple(getattr(logits, 'shape', ()))} for {len(probe)} images.")
+    return test_set(x, y, classes=int(logits.shape[1]), where="data")
+
+
+def _benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], eps: str | Sequence[float] | float,
+               norm: str, samples: int | str, out: str | Path | None, name: str, randomized: bool,
+               differentiable: bool, output: str, normalize: tuple[Sequence[float], Sequence[float]] | None,
+               mode: str, search: str, headline: float | None, eot: int, batch_size: int, seed: int, device: str,
+               data_dir: str | Path | None, progress: bool) -> BenchmarkResult:
+    """:func:`benchmark` on a registered dataset."""
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
     if isinstance(model, DefendedModel):
         net, mean, std = model.net, model.normalization[0], model.normalization[1]
@@ -152,7 +210,10 @@ def benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], e
             f = root / f"{k}.csv"
             df = pd.read_csv(f, dtype={"checkpoint": str}) if f.is_file() else pd.DataFrame()
             if "checkpoint" in df:
-                df = df[df["checkpoint"].isin(loaded)].reset_index(drop=True)
+                df = df[df["checkpoint"].isin(loaded)]
+            if "dataset" in df:  # and these points' rows: the folder may hold other test sets' too
+                df = df[df["dataset"] == data.spec.name]
+            df = df.reset_index(drop=True)
             tables[k] = df
         paths = {} if out is None else {p.name: p for p in sorted(root.iterdir()) if p.is_file()}
         return BenchmarkResult(tables["leaderboard"], tables["curves"], tables["attacks"],
@@ -173,7 +234,7 @@ def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: st
     cls = get_defense(name)
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
     if checkpoint is None:
-        cls.hparams(data.spec.name, profile, overrides)  # checked before any training
+        cls.hparams(data.spec.models_on, profile, overrides)  # checked before any training
     trained = get_or_train(cls.name, data, profile=profile, seed=seed, out=Path(out), overrides=overrides,
                            device=resolve_device(device), progress=progress,
                            checkpoint_dir=Path(checkpoint) if checkpoint is not None else None)

@@ -188,7 +188,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return sweep_flags(args)
 
     with sweep_from_flags(flags_for, args.defense, checkpoint=args.checkpoint, model_dir=args.model_dir,
-                          download=args.download, progress=not args.quiet) as cfg:
+                          download=args.download, progress=not args.quiet, data_file=args.data_file) as cfg:
         if args.dry_run:
             return _dry_run([cfg])
         return _run_config(cfg, _command(), args.quiet)
@@ -457,6 +457,9 @@ def _add_sweep_parser(sub: Any, default: dict[str, Any]) -> None:
                     " NAME(key=value,...), e.g. 'cw(confidence=9)'")
     sp.add_argument("--checkpoint", default=None, help="evaluate this checkpoint folder"
                     " (safetensors + meta.json) instead of training")
+    sp.add_argument("--data-file", default=None, help="your own test points: a .safetensors or"
+                    " .npz file with x (N x C x H x W in [0, 1]) and y, evaluated in place of"
+                    " the dataset's test split (default --samples: all of them)")
     sp.add_argument("--norm", default=None, help=f"Linf, L2 or L1 (default: {default['norm']})")
     sp.add_argument("--eps", required=True,
                     help="START:STOP:STEP (inclusive) or a,b,c; 8/255 allowed")

@@ -125,3 +125,43 @@ def test_an_output_folder_that_cannot_be_written_exits_2_with_one_sentence(argv,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert re.search(r"out: .*(cannot be created|is a file)", err), err
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_a_data_file_replaces_the_test_split_and_keeps_the_models(fmt, tmp_path, capsys):
+    """--data-file with the dataset's own first points scores as those points do (FGSM is
+    deterministic), and trains the defense once, on the dataset, for both test sets."""
+    import numpy as np
+    import pandas as pd
+    from safetensors.torch import save_file
+
+    from robustbench_er.data.datasets import load_dataset
+
+    d = load_dataset("digits")
+    ids = d.sample_ids(60)
+    f = tmp_path / f"mine.{fmt}"
+    if fmt == "npz":
+        np.savez(f, x=d.x_test[ids].numpy(), y=d.y_test[ids].numpy())
+    else:
+        save_file({"x": d.x_test[ids].contiguous(), "y": d.y_test[ids].contiguous()}, str(f))
+    base = ["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm", "--eps", "0,0.1,0.2",
+            "--out", str(tmp_path / "o"), "--quiet"]
+    assert main([*base, "--data-file", str(f)]) == 0
+    assert main([*base, "--samples", "60"]) == 0
+    curves = pd.read_csv(tmp_path / "o" / "curves.csv")
+    curves = curves[curves["attack"] == "fgsm"]
+    mine = curves[curves["dataset"].str.startswith("digits@")].sort_values("eps")
+    theirs = curves[curves["dataset"] == "digits"].sort_values("eps")
+    assert len(mine) == len(theirs) == 3 and set(mine["n"]) == {60}
+    assert mine["robust_acc"].tolist() == theirs["robust_acc"].tolist()
+    assert len(list((tmp_path / "o" / "checkpoints").glob("*/meta.json"))) == 1  # one model for both
+
+
+def test_a_data_file_that_does_not_fit_exits_2(tmp_path, capsys):
+    import numpy as np
+
+    f = tmp_path / "cifar.npz"
+    np.savez(f, x=np.zeros((4, 3, 32, 32), dtype=np.float32), y=np.zeros(4, dtype=np.int64))
+    assert main(["sweep", "--dataset", "digits", "--defense", "none", "--attack", "fgsm", "--eps", "0,0.1",
+                 "--data-file", str(f), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "shape 3 x 32 x 32 but digits has 1 x 8 x 8" in capsys.readouterr().err

@@ -119,3 +119,42 @@ def test_a_model_built_for_other_images_names_the_datas_shape(tmp_path, net):
     with pytest.raises(UserInputError, match=r"shape 1 x 8 x 8, 10 classes\): RuntimeError: .*(mat1|channels)"):
         robustbench_er.benchmark(net, dataset="digits", attacks="fgsm", eps=[0, 0.1], samples=20, out=tmp_path / "o")
     assert not (tmp_path / "o" / "store.sqlite").exists()
+
+
+def _digits_points(n: int):
+    from robustbench_er.data.datasets import load_dataset
+
+    d = load_dataset("digits")
+    ids = d.sample_ids(n)
+    return d.x_test[ids], d.y_test[ids]
+
+
+def test_your_own_points_give_the_datasets_numbers_and_never_its_cells(tmp_path):
+    """FGSM is deterministic: the same 80 points as tensors score as the dataset's own 80 points,
+    under their own name, so neither run reuses the other's cells."""
+    net = _net()
+    kw = {"attacks": "fgsm", "eps": [0, 0.05, 0.1, 0.2], "out": tmp_path, "name": "lin"}
+    ours = robustbench_er.benchmark(net, data=_digits_points(80), **kw)
+    theirs = robustbench_er.benchmark(net, dataset="digits", samples=80, **kw)
+    (name,) = set(ours.curves["dataset"])
+    assert name.startswith("data@") and set(theirs.curves["dataset"]) == {"digits"}
+    a = ours.curves.sort_values(["attack", "eps"])["robust_acc"].to_numpy()
+    b = theirs.curves.sort_values(["attack", "eps"])["robust_acc"].to_numpy()
+    assert len(a) == 8 and (a == b).all() and a[0] > a[-1]
+    other = robustbench_er.benchmark(net, data=_digits_points(60), **kw)
+    assert set(other.curves["dataset"]) != {name} and set(other.leaderboard["n"]) == {60}
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda x, y: {"data": (x, y + 10)}, "labels go up to"),
+    (lambda x, y: {"data": (x * 3, y)}, r"\[0, 1\]"),
+    (lambda x, y: {"data": (x[:, :, :4], y)}, "shape 1 x 4 x 8"),
+    (lambda x, y: {"data": (x, y[:5])}, "labels"),
+    (lambda x, y: {"data": (x, y), "dataset": "digits"}, "not both"),
+    (lambda x, y: {"data": "points.npz"}, "DataLoader"),
+], ids=["labels", "range", "shape", "lengths", "both", "not-tensors"])
+def test_bad_points_are_one_sentence_and_write_nothing(tmp_path, make, match):
+    x, y = _digits_points(20)
+    with pytest.raises(UserInputError, match=match):
+        robustbench_er.benchmark(_net(), attacks="fgsm", eps=[0, 0.1], out=tmp_path / "o", **make(x, y))
+    assert not (tmp_path / "o" / "store.sqlite").exists()

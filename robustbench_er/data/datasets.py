@@ -64,6 +64,15 @@ class DatasetSpec:
     #: per-channel mean and std for models that normalise internally
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    #: for a given test set that replaces a registered dataset's test split
+    #: (:mod:`robustbench_er.data.given`), that dataset's name; else empty
+    base: str = ""
+
+    @property
+    def models_on(self) -> str:
+        """The dataset whose models this data evaluates: checkpoints, presets and training specs
+        are keyed on it (a given test set's base, else the dataset itself)."""
+        return self.base or self.name
 
 
 @dataclass

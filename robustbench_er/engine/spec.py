@@ -209,7 +209,7 @@ def resolve_model(value: Any, param: str, *, data: Dataset, profile: str, defens
                                     (checkpoints or {}).get(d))
             cls = get_defense(text)
             try:
-                cls.hparams(data.spec.name, profile)
+                cls.hparams(data.spec.models_on, profile)
             except UserInputError as exc:
                 raise UserInputError(f"{param} {text!r}: {exc}") from None
             if not cls.trainable:
@@ -226,7 +226,7 @@ def resolve_model(value: Any, param: str, *, data: Dataset, profile: str, defens
         meta = read_meta(folder)
     except UserInputError as exc:
         raise UserInputError(f"{param}: {str(exc)[0].lower()}{str(exc)[1:]}") from None
-    if meta.get("dataset") != data.spec.name:
+    if meta.get("dataset") != data.spec.models_on:
         raise UserInputError(f"{param}: checkpoint {text!r} was trained on {meta.get('dataset')!r}, not on the"
                              f" sweep's dataset {data.spec.name!r}.")
     held = str(meta.get("defense"))

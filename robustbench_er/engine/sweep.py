@@ -131,7 +131,7 @@ def prepare(cfg: SweepConfig) -> Prepared:
             except UserInputError as exc:
                 raise UserInputError(f"Attack {a.display!r}: {exc}") from None
     for d in cfg.defenses:
-        get_defense(d).hparams(data.spec.name, cfg.profile, cfg.defense_overrides.get(d))
+        get_defense(d).hparams(data.spec.models_on, cfg.profile, cfg.defense_overrides.get(d))
     return Prepared(data, norm, grid, scale, ids, attack_grids, resolve_device(cfg.device), models)
 
 

@@ -47,7 +47,7 @@ def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.d
     meta = read_meta(folder)
     if meta.get("defense") != cls.name:
         raise UserInputError(f"Checkpoint {str(folder)!r} holds defense {meta.get('defense')!r}, not {cls.name!r}.")
-    if meta.get("dataset") != data.spec.name:
+    if meta.get("dataset") != data.spec.models_on:
         raise UserInputError(
             f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}; it cannot be evaluated on {data.spec.name!r}."
         )
@@ -95,9 +95,9 @@ def checkpoint_folder(defense_name: str, data: Dataset, *, profile: str = "quick
     """Where the checkpoint of this training spec lives (whether or not it exists yet)."""
 
     cls = get_defense(defense_name)
-    hp = cls.hparams(data.spec.name, profile, overrides)
-    cid = spec_hash(checkpoint_spec(cls.name, data.spec.name, profile, hp, seed, cls.version))
-    return Path(out) / "checkpoints" / f"{cls.name}-{data.spec.name}-{cid}"
+    hp = cls.hparams(data.spec.models_on, profile, overrides)
+    cid = spec_hash(checkpoint_spec(cls.name, data.spec.models_on, profile, hp, seed, cls.version))
+    return Path(out) / "checkpoints" / f"{cls.name}-{data.spec.models_on}-{cid}"
 
 
 def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", seed: int = 0,
@@ -122,8 +122,8 @@ def get_or_train(defense_name: str, data: Dataset, *, profile: str = "quick", se
     cls = get_defense(defense_name)
     if checkpoint_dir is not None:
         return _load_given(cls, data, Path(checkpoint_dir), device, measure)
-    hp = cls.hparams(data.spec.name, profile, overrides)
-    spec = checkpoint_spec(cls.name, data.spec.name, profile, hp, seed, cls.version)
+    hp = cls.hparams(data.spec.models_on, profile, overrides)
+    spec = checkpoint_spec(cls.name, data.spec.models_on, profile, hp, seed, cls.version)
     cid = spec_hash(spec)
     folder = checkpoint_folder(defense_name, data, profile=profile, seed=seed, out=out, overrides=overrides)
     if (folder / "meta.json").is_file():
@@ -159,7 +159,7 @@ def _load_cached(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any
     meta = load_checkpoint(folder, model)
     if meta.get("spec") != json.loads(canonical_json(spec)):
         raise UserInputError(f"Checkpoint {str(folder)!r} was made for another spec than the one asked for.")
-    if meta.get("dataset") != data.spec.name:
+    if meta.get("dataset") != data.spec.models_on:
         raise UserInputError(
             f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}, not {data.spec.name!r}."
         )
@@ -181,7 +181,7 @@ def _train(cls: type[Defense], data: Dataset, hp: Any, spec: dict[str, Any], cid
     model.eval()
     check_model_output(model, data.x_test[:4].to(device))
     clean = accuracy(model, data.x_test, data.y_test)
-    meta = {"defense": cls.name, "dataset": data.spec.name, "profile": profile, "seed": seed,
+    meta = {"defense": cls.name, "dataset": data.spec.models_on, "profile": profile, "seed": seed,
             "hparams": dataclasses.asdict(hp), "spec": json.loads(canonical_json(spec)), "id": cid,
             "clean_acc": clean, "train_seconds": report.get("train_seconds"),
             "history": report.get("history", []), "randomized": cls.randomized,

@@ -509,7 +509,7 @@ def _defense_overrides(spec: SweepSpec, defense_classes: list[Any], data: Any,
     overrides: dict[str, dict[str, Any]] = {}
     for i, (d, cls) in enumerate(zip(spec.defenses, defense_classes)):
         try:
-            cls.hparams(data.spec.name, spec.profile, d.overrides)
+            cls.hparams(data.spec.models_on, spec.profile, d.overrides)
         except Exception as exc:
             raise _reraise("--set" if cli and d.overrides else at("defenses", i), exc) from None
         if d.overrides:
@@ -532,7 +532,7 @@ def _check_checkpoints(spec: SweepSpec, names: list[str], data: Any, at: Callabl
         if meta["defense"] != cls.name:
             raise UserInputError(f"{loc}: checkpoint {folder!r} holds defense {meta['defense']!r},"
                                  f" not {cls.name!r}.")
-        if meta["dataset"] != data.spec.name:
+        if meta["dataset"] != data.spec.models_on:
             raise UserInputError(f"{loc}: checkpoint {folder!r} was trained on {meta['dataset']!r};"
                                  f" it cannot be evaluated on {data.spec.name!r}.")
 

@@ -74,7 +74,7 @@ def _check_models(defenses: list[str], analyses: list[Any], data: Any, profile: 
     """Refuse an analysis that reads an embedding a defense's model lacks, or a model none names."""
     for d in defenses:
         cls = get_defense(d)
-        hp = cls.hparams(data.spec.name, profile, overrides)
+        hp = cls.hparams(data.spec.models_on, profile, overrides)
         net = cls().build(data.spec, hp)
         has_embed = hasattr(net, "embed") or hasattr(net, "features")
         for a in analyses:

@@ -125,7 +125,7 @@ def _check_embeddings(defenses: list[str], detectors: list[str], data: Any, prof
     """Refuse a detector that needs an embedding a defense's model lacks, before training."""
     for d in defenses:
         cls = get_defense(d)
-        net = cls().build(data.spec, cls.hparams(data.spec.name, profile))
+        net = cls().build(data.spec, cls.hparams(data.spec.models_on, profile))
         has_embedding = hasattr(net, "embed") or hasattr(net, "features")
         for name in detectors:
             if get_detector(name).needs_embedding and not has_embedding:
@@ -174,7 +174,7 @@ def plan_detection(raw: Mapping[str, Any], where: str = "", cli: bool = False) -
     _check_embeddings(defenses, detectors, data, profile, at)
     overrides = _overrides(raw.get("set"))
     for d in defenses:
-        get_defense(d).hparams(data.spec.name, profile, overrides)
+        get_defense(d).hparams(data.spec.models_on, profile, overrides)
     check_output_folder(out, at("out"))
     return DetectionPlan(data, defenses, setups, profile, options["seed"], overrides, device,
                          Path(out), where)

@@ -11,6 +11,7 @@ from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.norms import canonical_norm
 from robustbench_er.core.text import split_top_level
 from robustbench_er.data.datasets import DATASETS, dataset_spec
+from robustbench_er.data.given import file_test_set, registered_test_set
 from robustbench_er.engine.spec import SweepConfig
 from robustbench_er.engine.sweep import CellSummary, execute_sweep
 from robustbench_er.engine.trained import Trained
@@ -41,13 +42,15 @@ def run_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[CellSum
 @contextlib.contextmanager
 def sweep_from_flags(flags_for: Callable[[str], dict[str, Any]], defense: str | None, *,
                      checkpoint: str | None = None, model_dir: str | None = None,
-                     download: bool = False, progress: bool = True) -> Iterator[Any]:
+                     download: bool = False, progress: bool = True,
+                     data_file: str | None = None) -> Iterator[Any]:
     """The ``sweep`` command's checked SweepConfig, its one-off defenses entered for the block.
 
     ``flags_for(defense)`` gives the command's flags (None = not given) for the ``--defense`` in
     effect: ``defense``, or the name of the imported model ``checkpoint`` holds when no defense is
     given. A ``--checkpoint`` of an imported model and every ``robustbench:<ModelName>`` defense
-    are registered as one-off defenses until the block ends.
+    are registered as one-off defenses until the block ends, and a ``--data-file`` as the test
+    split of ``--dataset`` (:mod:`robustbench_er.data.given`; every point unless ``--samples``).
     """
     with contextlib.ExitStack() as stack:
         if checkpoint:
@@ -62,6 +65,11 @@ def sweep_from_flags(flags_for: Callable[[str], dict[str, Any]], defense: str | 
             raise UserInputError("--defense: name at least one defense"
                                  " (or give --checkpoint of an imported model).")
         flags = flags_for(defense)
+        if data_file:
+            points = file_test_set(data_file, flags["dataset"], flags.get("data_dir"))
+            flags["dataset"] = stack.enter_context(registered_test_set(points))
+            if flags.get("samples") is None:
+                flags["samples"] = len(points.y_test)
         zoo_names = _enter_zoo(stack, defense, flags, model_dir)
         cfg = sweep_config_from_flags(flags, progress=progress)  # every input checked first
         if zoo_names:

@@ -89,6 +89,113 @@ class RaySParams(AttackParams):
     target_eps: float | None = None
 
 
+@dataclass
+class _SearchState:
+    """The per-sample search state of one :meth:`RayS.run` (one entry per sample in each tensor)."""
+
+    flat: torch.Tensor  # the clean inputs, flattened to n x dim
+    s_best: torch.Tensor  # the current (best) sign vector
+    cand: torch.Tensor  # the candidate sign vector being probed or binary-searched
+    d_best: torch.Tensor  # best distance d* (inf until an adversarial ray is found)
+    queries: torch.Tensor
+    level: torch.Tensor  # block level
+    bidx: torch.Tensor  # index of the next block to flip at that level
+    #: candidates tried at the last level since the sign vector last changed
+    stale: torch.Tensor
+    searching: torch.Tensor  # in a binary search (else: next candidate)
+    fresh: torch.Tensor  # the starting direction is not checked yet
+    lo: torch.Tensor  # binary-search bounds on the distance
+    hi: torch.Tensor
+    active: torch.Tensor
+    hist_q: list[torch.Tensor]
+    hist_d: list[torch.Tensor]
+
+    @classmethod
+    def start(cls, flat: torch.Tensor) -> _SearchState:
+        n = len(flat)
+        dev = flat.device
+        s_best = torch.ones(n, flat.shape[1], device=dev, dtype=flat.dtype)
+        return cls(
+            flat=flat, s_best=s_best, cand=s_best.clone(), d_best=torch.full((n,), math.inf, device=dev),
+            queries=torch.zeros(n, dtype=torch.int64, device=dev),
+            level=torch.zeros(n, dtype=torch.int64, device=dev),
+            bidx=torch.zeros(n, dtype=torch.int64, device=dev),
+            stale=torch.zeros(n, dtype=torch.int64, device=dev),
+            searching=torch.zeros(n, dtype=torch.bool, device=dev),
+            fresh=torch.ones(n, dtype=torch.bool, device=dev),
+            lo=torch.zeros(n, device=dev), hi=torch.zeros(n, device=dev),
+            active=torch.ones(n, dtype=torch.bool, device=dev), hist_q=[], hist_d=[])
+
+    def record(self) -> None:
+        """Append the current query counts and best distances to the history."""
+        self.hist_q.append(self.queries.to("cpu", torch.int32, copy=True))
+        self.hist_d.append(self.d_best.to("cpu", torch.float32, copy=True))
+
+    def still_active(self, budget: int, passes: int, target: float, stuck_after: int | None) -> torch.Tensor:
+        """Drop the samples that are out of budget, at ``target`` or (``stuck_after`` given) stuck;
+        return the indices of those still searching."""
+        self.active &= (self.queries + passes <= budget) & (self.d_best > target)
+        if stuck_after is not None:
+            self.active &= self.searching | (self.stale < stuck_after)
+        return torch.nonzero(self.active).flatten()
+
+    def propose(self, new: torch.Tensor, coords: torch.Tensor, max_level: int) -> None:
+        """A new candidate direction for the samples ``new`` (active, not in a binary search): the
+        starting direction if unchecked, else the best one with the next block's signs flipped."""
+        dim = len(coords)
+        first = self.fresh[new]
+        blocks = torch.pow(2, self.level[new])
+        size = torch.div(dim + blocks - 1, blocks, rounding_mode="floor")
+        start = self.bidx[new] * size
+        end = torch.clamp(start + size, max=dim)
+        flip = (coords[None, :] >= start[:, None]) & (coords[None, :] < end[:, None]) & ~first[:, None]
+        self.cand[new] = torch.where(flip, -self.s_best[new], self.s_best[new])
+        # advance the block position of the samples that flipped a block
+        nxt = self.bidx[new] + 1
+        wrap = (nxt >= blocks) | (end >= dim)
+        moved = ~first
+        self.bidx[new] = torch.where(moved & wrap, torch.zeros_like(nxt),
+                                     torch.where(moved, nxt, self.bidx[new]))
+        self.level[new] = torch.where(moved & wrap, torch.clamp(self.level[new] + 1, max=max_level),
+                                      self.level[new])
+        self.stale[new] += (moved & (self.level[new] == max_level)).long()
+        self.fresh[new] = False
+        self.lo[new] = 0.0
+        self.hi[new] = torch.clamp(self.d_best[new], max=MAX_LINF)
+
+    def update(self, idx: torch.Tensor, probing: torch.Tensor, dist: torch.Tensor, adv: torch.Tensor,
+               tol: float) -> None:
+        """Take in the outcomes ``adv`` of the queries at distances ``dist`` for samples ``idx``."""
+        # probe outcomes: an adversarial probe starts a binary search; the first ray found
+        # becomes the current one at distance 1
+        start_search = idx[probing & adv]
+        first_ray = start_search[torch.isinf(self.d_best[start_search])]
+        self.d_best[first_ray] = self.hi[first_ray]
+        self.s_best[first_ray] = self.cand[first_ray]
+        # binary-search outcomes: success shrinks hi and is accepted at once (it beats d*)
+        bs = ~probing
+        win = idx[bs & adv]
+        lose = idx[bs & ~adv]
+        mid = dist[bs & adv]
+        self.hi[win] = mid
+        better = mid < self.d_best[win]
+        acc = win[better]
+        self.d_best[acc] = mid[better]
+        self.s_best[acc] = self.cand[acc]
+        self.stale[acc] = 0
+        self.lo[lose] = dist[bs & ~adv]
+        self.searching[start_search] = True
+        done = idx[self.searching[idx] & (self.hi[idx] - self.lo[idx] <= tol)]
+        self.searching[done] = False
+
+    def best_points(self) -> torch.Tensor:
+        """The closest adversarial point on each sample's best ray (the clean input where none)."""
+        found = torch.isfinite(self.d_best)
+        d = torch.where(found, self.d_best, torch.zeros_like(self.d_best)).to(self.flat.dtype)
+        x_adv = (self.flat + d[:, None] * self.s_best).clamp(0, 1)
+        return torch.where(found[:, None], x_adv, self.flat)
+
+
 @register_attack("rays")
 class RayS(MinimizationAttack):
     """RayS (ours): hard-label ray search, Linf, per-sample state, every query counted."""
@@ -120,115 +227,49 @@ class RayS(MinimizationAttack):
             generator: torch.Generator | None = None) -> torch.Tensor:
         p = self.params
         n = len(x)
-        dev = x.device
         shape = x.shape
         dim = int(x[0].numel()) if n else 0
         passes = p.eot if getattr(model, "randomized", False) else 1
         budget = int(p.query_budget)
         target = -1.0 if p.target_eps is None else float(p.target_eps)
-        flat = x.reshape(n, dim)
-        coords = torch.arange(dim, device=dev)
+        coords = torch.arange(dim, device=x.device)
         max_level = max(0, math.ceil(math.log2(dim))) if dim > 1 else 0
         # on a deterministic model, a full pass over single coordinates without any gain means the
         # search would repeat the same queries forever: stop that sample and keep its budget
         stop_when_stuck = passes == 1 and not getattr(model, "randomized", False)
+        stuck_after = dim if stop_when_stuck else None
 
         def query(pts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             pred = model.predict_label(pts.reshape(-1, *shape[1:]), n_passes=passes, batch_size=max(1, len(pts)))
             return pred != labels
 
-        s_best = torch.ones(n, dim, device=dev, dtype=x.dtype)
-        cand = s_best.clone()
-        d_best = torch.full((n,), math.inf, device=dev)
-        queries = torch.zeros(n, dtype=torch.int64, device=dev)
-        level = torch.zeros(n, dtype=torch.int64, device=dev)
-        bidx = torch.zeros(n, dtype=torch.int64, device=dev)
-        #: candidates tried at the last level since the sign vector last changed
-        stale = torch.zeros(n, dtype=torch.int64, device=dev)
-        searching = torch.zeros(n, dtype=torch.bool, device=dev)  # in a binary search (else: next candidate)
-        fresh = torch.ones(n, dtype=torch.bool, device=dev)  # the starting direction is not checked yet
-        lo = torch.zeros(n, device=dev)
-        hi = torch.zeros(n, device=dev)
-        hist_q: list[torch.Tensor] = []
-        hist_d: list[torch.Tensor] = []
-
-        active = torch.ones(n, dtype=torch.bool, device=dev)
+        st = _SearchState.start(x.reshape(n, dim))
         if n and budget >= passes:
-            wrong = query(flat, y)
-            queries += passes
-            d_best[wrong] = 0.0
-            active &= ~wrong
+            wrong = query(st.flat, y)
+            st.queries += passes
+            st.d_best[wrong] = 0.0
+            st.active &= ~wrong
         else:
-            active[:] = False
+            st.active[:] = False
         if self.record_history:
-            hist_q.append(queries.to("cpu", torch.int32, copy=True))
-            hist_d.append(d_best.to("cpu", torch.float32, copy=True))
+            st.record()
 
-        while True:
-            active &= (queries + passes <= budget) & (d_best > target)
-            if stop_when_stuck:
-                active &= searching | (stale < dim)
-            idx = torch.nonzero(active).flatten()
-            if len(idx) == 0:
-                break
-            # a new candidate direction for every active sample that is not in a binary search
-            new = idx[~searching[idx]]
+        while len(idx := st.still_active(budget, passes, target, stuck_after)):
+            new = idx[~st.searching[idx]]
             if len(new):
-                first = fresh[new]
-                blocks = torch.pow(2, level[new])
-                size = torch.div(dim + blocks - 1, blocks, rounding_mode="floor")
-                start = bidx[new] * size
-                end = torch.clamp(start + size, max=dim)
-                flip = (coords[None, :] >= start[:, None]) & (coords[None, :] < end[:, None]) & ~first[:, None]
-                cand[new] = torch.where(flip, -s_best[new], s_best[new])
-                # advance the block position of the samples that flipped a block
-                nxt = bidx[new] + 1
-                wrap = (nxt >= blocks) | (end >= dim)
-                moved = ~first
-                bidx[new] = torch.where(moved & wrap, torch.zeros_like(nxt), torch.where(moved, nxt, bidx[new]))
-                level[new] = torch.where(moved & wrap, torch.clamp(level[new] + 1, max=max_level), level[new])
-                stale[new] += (moved & (level[new] == max_level)).long()
-                fresh[new] = False
-                lo[new] = 0.0
-                hi[new] = torch.clamp(d_best[new], max=MAX_LINF)
-            probing = ~searching[idx]
-            dist = torch.where(probing, hi[idx], (lo[idx] + hi[idx]) / 2)
-            pts = (flat[idx] + dist[:, None] * cand[idx]).clamp(0, 1)
+                st.propose(new, coords, max_level)
+            probing = ~st.searching[idx]
+            dist = torch.where(probing, st.hi[idx], (st.lo[idx] + st.hi[idx]) / 2)
+            pts = (st.flat[idx] + dist[:, None] * st.cand[idx]).clamp(0, 1)
             adv = query(pts, y[idx])
-            queries[idx] += passes
-
-            # probe outcomes: an adversarial probe starts a binary search; the first ray found
-            # becomes the current one at distance 1
-            start_search = idx[probing & adv]
-            first_ray = start_search[torch.isinf(d_best[start_search])]
-            d_best[first_ray] = hi[first_ray]
-            s_best[first_ray] = cand[first_ray]
-            # binary-search outcomes: success shrinks hi and is accepted at once (it beats d*)
-            bs = ~probing
-            win = idx[bs & adv]
-            lose = idx[bs & ~adv]
-            mid = dist[bs & adv]
-            hi[win] = mid
-            better = mid < d_best[win]
-            acc = win[better]
-            d_best[acc] = mid[better]
-            s_best[acc] = cand[acc]
-            stale[acc] = 0
-            lo[lose] = dist[bs & ~adv]
-            searching[start_search] = True
-            done = idx[searching[idx] & (hi[idx] - lo[idx] <= p.tol)]
-            searching[done] = False
+            st.queries[idx] += passes
+            st.update(idx, probing, dist, adv, p.tol)
             if self.record_history:
-                hist_q.append(queries.to("cpu", torch.int32, copy=True))
-                hist_d.append(d_best.to("cpu", torch.float32, copy=True))
+                st.record()
 
-        self.last_queries = queries.cpu()
-        self.last_distances = d_best.cpu()
-        self.queries += int(queries.sum())
+        self.last_queries = st.queries.cpu()
+        self.last_distances = st.d_best.cpu()
+        self.queries += int(st.queries.sum())
         if self.record_history:
-            self.last_history = (torch.stack(hist_q), torch.stack(hist_d))
-        found = torch.isfinite(d_best)
-        d = torch.where(found, d_best, torch.zeros_like(d_best)).to(x.dtype)
-        x_adv = (flat + d[:, None] * s_best).clamp(0, 1)
-        x_adv = torch.where(found[:, None], x_adv, flat)
-        return x_adv.reshape(shape)
+            self.last_history = (torch.stack(st.hist_q), torch.stack(st.hist_d))
+        return st.best_points().reshape(shape)

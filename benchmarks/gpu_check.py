@@ -47,6 +47,7 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import importlib
 import json
 import logging
 import math
@@ -487,14 +488,22 @@ def record_seeds(attack: Any) -> list[int]:
 # ----------------------------------------------------------------------------- part 1
 
 def part_quickstart(ctx: Context, res: dict[str, Any]) -> None:
-    import pandas as pd
+    # the modules the later steps read with are imported before the timed run, so that its wall
+    # time leaves their import out
+    for module in ("pandas", "robustbench_er.core.text", "robustbench_er.store.results"):
+        importlib.import_module(module)
+    raw = ctx.experiment()
+    wall = quickstart_run(ctx, res, raw)
+    folders = quickstart_stages(ctx, res, wall)
+    quickstart_compare(ctx, res, raw, folders)
+
+
+def quickstart_run(ctx: Context, res: dict[str, Any], raw: dict[str, Any]) -> float:
+    """Run the quickstart experiment ``raw`` through the CLI into ``ctx.qs_dir``; return its wall time."""
     import yaml
 
     from robustbench_er.cli import main as cli_main
-    from robustbench_er.core.text import parse_eps
-    from robustbench_er.store.results import Store
 
-    raw = ctx.experiment()
     if ctx.qs_dir.exists():
         shutil.rmtree(ctx.qs_dir)
     ctx.place_reused()
@@ -511,8 +520,17 @@ def part_quickstart(ctx: Context, res: dict[str, Any]) -> None:
     if rc != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
         raise RuntimeError(f"robustbench-er run exited with status {rc}: {' / '.join(tail)}")
+    return wall
 
-    # training per defense (the checkpoint's metadata), each attack stage (the store)
+
+def quickstart_stages(ctx: Context, res: dict[str, Any], wall: float) -> dict[str, Path]:
+    """Training per defense (the checkpoint's metadata), each attack stage (the store), the
+    leaderboard and the worst-case curves of the quickstart run; returns the checkpoint folder
+    per defense."""
+    import pandas as pd
+
+    from robustbench_er.store.results import Store
+
     folders: dict[str, Path] = {}
     training = []
     for meta_path in sorted((ctx.qs_dir / "checkpoints").glob("*/meta.json")):
@@ -538,8 +556,13 @@ def part_quickstart(ctx: Context, res: dict[str, Any]) -> None:
     res["curves"] = {str(d): {f"{float(e):g}": float(a) for e, a in zip(g["eps"], g["robust_acc"])}
                      for d, g in wc.groupby("defense")}
     ctx.save()
+    return folders
 
-    # the same PGD sweep on --compare-samples points: the device (deterministic cuDNN), then the CPU
+
+def quickstart_compare(ctx: Context, res: dict[str, Any], raw: dict[str, Any], folders: dict[str, Path]) -> None:
+    """The same PGD sweep on --compare-samples points: the device (deterministic cuDNN), then the CPU."""
+    from robustbench_er.core.text import parse_eps
+
     pgd_params: dict[str, Any] = {}
     for a in raw["attacks"]:
         if (a if isinstance(a, str) else a.get("name")) == "pgd":

@@ -28,7 +28,9 @@ Differences from calling the package directly, and why:
 * AutoAttack's own sanity checks (randomized output, probabilities instead of logits, dynamic
   defense, too many target classes, Square stronger than the gradient attacks) are captured
   from its ``auto-attack`` logger and the ``warnings`` module into ``self.warnings`` (the
-  runner shows them as flags) instead of being printed; its progress messages are silenced.
+  runner shows them as flags) instead of being printed. Its progress messages are not printed
+  either: they are read into one line per event (component, points left, ETA) that the runner
+  shows beside its progress bar (:class:`_Progress`).
 * With an explicit non-``rand`` version on a randomized defense the model is attacked as it is
   (no EOT); AutoAttack's randomness check then says so in ``self.warnings``.
 * AutoAttack's dynamic-defense check replaces Python's trace function (``sys.settrace``); the
@@ -40,7 +42,9 @@ Differences from calling the package directly, and why:
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -77,6 +81,68 @@ class _Collector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+class _Progress(logging.Handler):
+    """Reads the package's DEBUG records of one call (``initial accuracy``, ``running <component>``,
+    each batch's ``k out of m successfully perturbed``, ``robust accuracy after ...``) and reports
+    the component running, the points left and an ETA through :meth:`Attack.report_progress`.
+
+    The ETA is the work left (points left times each remaining component's evaluations per point,
+    :attr:`AutoAttackAdapter.COMPONENT_EVALUATIONS`) at the rate measured so far in this call:
+    an upper bound that tightens as points break. The package itself has no progress hook."""
+
+    def __init__(self, attack: AutoAttackAdapter, n: int, eps: float, parts: list[str]) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.attack, self.n, self.eps, self.parts = attack, n, eps, parts
+        self.start = time.monotonic()
+        self.standing = n
+        self.component = ""
+        self.todo = 0  # points of the running component not attacked yet
+        self.done_evals = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._read(record.getMessage())
+        except Exception:  # progress must never break an evaluation
+            return
+
+    def _read(self, msg: str) -> None:
+        if msg.startswith("initial accuracy:"):
+            self.standing = round(float(msg.split(":")[1].strip().rstrip("%")) / 100 * self.n)
+        elif msg.startswith("running "):
+            self.component = msg[len("running "):].strip()
+            self.todo = self.standing
+        elif m := _BATCH.match(msg):
+            broken, size = int(m.group(1)), int(m.group(2))
+            self.todo -= size
+            self.standing -= broken
+            self.done_evals += size * self.attack.component_cost(self.component)
+        elif msg.startswith("robust accuracy after"):
+            self.standing = round(float(msg.split(":")[1].split("%")[0]) / 100 * self.n)
+        else:
+            return
+        self._say()
+
+    def _say(self) -> None:
+        if self.component not in self.parts:
+            return
+        i = self.parts.index(self.component)
+        later = sum(self.attack.component_cost(c) for c in self.parts[i + 1:])
+        left = max(self.todo, 0) * self.attack.component_cost(self.component) + self.standing * later
+        elapsed = time.monotonic() - self.start
+        eta = _clock(left * elapsed / self.done_evals) if self.done_evals > 0 else "?"
+        self.attack.report_progress(f"eps {self.eps:.4g}: {self.component.upper()} ({i + 1}/{len(self.parts)}),"
+                                    f" {self.standing} of {self.n} points left, ETA {eta}")
+
+
+#: one batch's line of the package's log: "<component> - b/nb - k out of m successfully perturbed"
+_BATCH = re.compile(r"^\S+ - \d+/\d+ - \D*(\d+)\D* out of (\d+) successfully perturbed")
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 @dataclass
@@ -132,6 +198,13 @@ class AutoAttackAdapter(FixedEpsilonAttack):
     COMPONENT_EVALUATIONS: ClassVar[dict[str, int]] = {
         "apgd-ce": 200, "apgd-dlr": 200, "apgd-t": 1800, "fab": 200, "fab-t": 1800, "square": 5000}
 
+    def component_cost(self, component: str) -> float:
+        """Model evaluations per point of one component at these parameters (iterations,
+        restarts, EOT passes scale the APGD components)."""
+        p = self.params
+        scale = (p.n_iter or 100) / 100 * (p.n_restarts or 1) if component.startswith("apgd") else 1.0
+        return self.COMPONENT_EVALUATIONS.get(component, 200) * scale * max(1, int(p.eot))
+
     def evaluations_per_point(self) -> int:
         p = self.params
         if p.version == "custom" and p.attacks:
@@ -156,7 +229,7 @@ class AutoAttackAdapter(FixedEpsilonAttack):
         version = self.resolved_version(model)
         aa = pyautoattack.AutoAttack(model, attacks=list(self.params.attacks) if version == "custom" else None,
                                      device=device, eps=eps, norm=self.norm, seed=seed, version=version)
-        aa.verbose = False
+        aa.verbose = True  # its messages go to the "auto-attack" logger only: progress reads them
         if version == "rand":
             aa.apgd.eot_iter = self.params.eot
         for apgd in (aa.apgd, aa.apgd_targeted):
@@ -177,8 +250,10 @@ class AutoAttackAdapter(FixedEpsilonAttack):
         collector = _Collector()
         old_propagate = aa_log.propagate
         old_trace = sys.gettrace()
+        old_level = aa_log.level
         aa_log.addHandler(collector)
         aa_log.propagate = False
+        aa_log.setLevel(logging.DEBUG)
         try:
             with warnings.catch_warnings(record=True) as caught, seeded(seed, x.device):
                 warnings.simplefilter("always")
@@ -186,11 +261,17 @@ class AutoAttackAdapter(FixedEpsilonAttack):
                     if value <= 0 or len(idx) == 0:
                         continue
                     aa = self.build(model, value, seed, x.device)
-                    x_adv, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=self.params.batch_size)
+                    progress = _Progress(self, len(idx), value, list(aa.attacks_to_run))
+                    aa_log.addHandler(progress)
+                    try:
+                        x_adv, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=self.params.batch_size)
+                    finally:
+                        aa_log.removeHandler(progress)
                     out[idx] = clip_to_ball(x[idx], x_adv.to(x), eps[idx].to(x), self.norm)
         finally:
             aa_log.removeHandler(collector)
             aa_log.propagate = old_propagate
+            aa_log.setLevel(old_level)
             sys.settrace(old_trace)
         msgs = collector.messages + [str(w.message) for w in caught if not issubclass(w.category, DeprecationWarning)]
         for m in msgs:

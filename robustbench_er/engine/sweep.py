@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from robustbench_er.core.device import resolve_device
 from robustbench_er.core.errors import UserInputError
@@ -301,6 +303,26 @@ def _attack_step(cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: t
     return broken, survived, messages
 
 
+def step_bound(cell: Cell) -> int:
+    """How many steps the cell takes at most: the grid's length for an ascending sweep, one for a
+    minimization attack, else the bisection's rounds (ceil(log2(K + 1)) for K grid points) and
+    one retry round (a successful retry can re-open an interval: then a few more)."""
+    if cell.search == "once":
+        return 1
+    if cell.search == "ascending":
+        return len(cell.grid)
+    return max(1, math.ceil(math.log2(len(cell.grid) + 1))) + (1 if cell.spec.get("retry", False) else 0)
+
+
+def _step_line(pos: np.ndarray, eps: np.ndarray | None, phase: str) -> str:
+    """What a step attacks, for the progress bar: its points and epsilons."""
+    if eps is None:
+        return f"{len(pos)} points, minimizing"
+    values = np.unique(eps)
+    at = f"eps {values[0]:.4g}" if len(values) == 1 else f"eps {values.min():.4g} to {values.max():.4g}"
+    return f"{len(pos)} points at {at}" + (" (retry)" if phase == "retry" else "")
+
+
 def _run_steps(store: Store, cell: Cell, model: DefendedModel, x_all: torch.Tensor, y_all: torch.Tensor,
                step: int, bar: Any, batch_size: int, on_step: Callable[[int], None] | None,
                heartbeat: Callable[[], None] | None, runner: BatchRunner | None) -> None:
@@ -320,7 +342,16 @@ def _run_steps(store: Store, cell: Cell, model: DefendedModel, x_all: torch.Tens
                 raise
         t0 = time.perf_counter()
         rec_eps, pos, eps, phase = nxt
-        broken, survived, messages = _attack_step(cell, model, x_all, y_all, pos, eps, step, batch_size, runner)
+        if bar.n >= (bar.total or 0):  # a retry re-opened intervals: more rounds than the bound
+            bar.total = bar.n + 1
+        bar.set_postfix_str(_step_line(pos, eps, phase), refresh=True)
+        if not bar.disable:  # the attack's own progress (AutoAttack: component, points left, ETA)
+            cell.attack.progress = lambda text: bar.set_postfix_str(text, refresh=True)
+        try:
+            broken, survived, messages = _attack_step(cell, model, x_all, y_all, pos, eps, step, batch_size,
+                                                      runner)
+        finally:
+            cell.attack.progress = None
         tried = [int(cell.sample_ids[p]) for p in pos] if phase == "retry" else []
         if phase == "retry":
             # a failed retry changes nothing; a success re-opens the sample's interval below it
@@ -345,9 +376,6 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
     ``heartbeat()`` is called after every step: the sweep renews the cell's lease there (it
     raises :class:`robustbench_er.store.results.LeaseLost` when another process took the cell over).
     """
-    from tqdm.auto import tqdm
-
-
     model: DefendedModel = cell.trained.model
     dev = device_of(model)
     existing = store.cell(cell.cell_id)
@@ -365,8 +393,8 @@ def run_cell(store: Store, cell: Cell, *, batch_size: int = 128, progress: bool 
             _set_clean(store, cell, model, x_all, y_all, batch_size)
         label = cell.attack_cfg.display
         step = len(store.done_steps(cell.cell_id))
-        total = len(cell.grid) if cell.search == "ascending" else None
-        bar = tqdm(total=total, initial=step, disable=not progress, leave=False, desc=f"{cell.defense}/{label}")
+        bar = tqdm(total=max(step_bound(cell), step), initial=step, disable=not progress, leave=False,
+                   desc=f"{cell.defense}/{label}", unit="step")
         _run_steps(store, cell, model, x_all, y_all, step, bar, batch_size, on_step, heartbeat, runner)
         bar.close()
         store.finish_cell(cell.cell_id)

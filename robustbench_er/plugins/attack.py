@@ -37,6 +37,7 @@ defense's and whose gradients are the approximation's; :func:`verify` always use
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -117,6 +118,20 @@ class Attack:
         self.bpda = False
         #: the models named by ``needs_models`` (parameter -> ``trained.Trained``), once attached
         self.models: dict[str, Any] = {}
+        #: where :meth:`report_progress` goes: set by the runner while a local step runs (its
+        #: progress bar), None otherwise; never pickled (a Ray worker reports nothing)
+        self.progress: Callable[[str], None] | None = None
+
+    def report_progress(self, text: str) -> None:
+        """Say, in one short line, where a long call is (AutoAttack: the component running, the
+        points left, an ETA); the runner shows it beside the step's progress bar."""
+        if self.progress is not None:
+            self.progress(text)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["progress"] = None
+        return state
 
     def validate(self) -> None:
         """Check ``self.params``; raise UserInputError with one sentence."""

@@ -119,15 +119,18 @@ def training_evaluations(defense: str, dataset: str, overrides: dict[str, Any] |
 
 def cost(path: Path, device: torch.device, batch: int, cache: dict[Any, float]) -> dict[str, Any]:
     import robustbench_er.data.datasets as data_module
-    import robustbench_er.engine.sweep as sweep_module
     from robustbench_er.inputs.config import parse_experiment
     from robustbench_er.jobs.dryrun import plan_rows
     from robustbench_er.plugins.registry import defense_label
 
     raw = yaml.safe_load(path.read_text())
     fake = stand_in(raw["dataset"])
-    saved = data_module.load_dataset, sweep_module.load_dataset
-    data_module.load_dataset = sweep_module.load_dataset = lambda *a, **k: fake  # type: ignore[assignment]
+    real = data_module.load_dataset
+    # every module that imported load_dataset reads the stand-in while the plan is counted
+    holders = [m for name, m in list(sys.modules.items())
+               if name.startswith("robustbench_er") and getattr(m, "load_dataset", None) is real]
+    for m in holders:
+        m.load_dataset = lambda *a, **k: fake  # type: ignore[attr-defined]
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = dict(raw, data_dir=None)
@@ -155,7 +158,8 @@ def cost(path: Path, device: torch.device, batch: int, cache: dict[Any, float]) 
                         h = n * seconds_per_evaluation(name, cfg.dataset, overrides, device, batch, cache) / 3600
                         hours[label] = hours.get(label, 0.0) + h
     finally:
-        data_module.load_dataset, sweep_module.load_dataset = saved  # type: ignore[assignment]
+        for m in holders:
+            m.load_dataset = real  # type: ignore[attr-defined]
     return {"config": path.name, "cells": cell_evals, "training": train_evals, "hours": hours}
 
 

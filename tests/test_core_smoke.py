@@ -22,3 +22,20 @@ def test_pgd_breaks_undefended_and_stays_in_ball(none_digits, digits):
         assert float(x_adv.min()) >= 0 and float(x_adv.max()) <= 1
         ok, _ = verify(m, x, x_adv, y, norm, torch.full((len(x),), eps))
         assert float(ok.float().mean()) > 0.8
+
+
+def test_strict_numerics_turns_off_what_can_change_a_number():
+    import torch
+
+    from robustbench_er.core.device import strict_numerics
+
+    b = torch.backends
+    saved = (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark, b.cudnn.deterministic)
+    try:
+        b.cudnn.allow_tf32 = b.cuda.matmul.allow_tf32 = b.cudnn.benchmark = True  # torch's TF32 default and more
+        b.cudnn.deterministic = False
+        strict_numerics()
+        assert (b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark, b.cudnn.deterministic) == \
+            (False, False, False, True)
+    finally:
+        b.cudnn.allow_tf32, b.cuda.matmul.allow_tf32, b.cudnn.benchmark, b.cudnn.deterministic = saved

@@ -318,6 +318,8 @@ def _step_line(pos: np.ndarray, eps: np.ndarray | None, phase: str) -> str:
     """What a step attacks, for the progress bar: its points and epsilons."""
     if eps is None:
         return f"{len(pos)} points, minimizing"
+    if len(eps) == 0:
+        return "no points left"
     values = np.unique(eps)
     at = f"eps {values[0]:.4g}" if len(values) == 1 else f"eps {values.min():.4g} to {values.max():.4g}"
     return f"{len(pos)} points at {at}" + (" (retry)" if phase == "retry" else "")

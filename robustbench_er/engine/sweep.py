@@ -65,7 +65,7 @@ from robustbench_er.engine.spec import (
 )
 from robustbench_er.engine.trained import Trained, get_or_train
 from robustbench_er.models.checkpoints import spec_hash, versions
-from robustbench_er.models.defended import DefendedModel, check_model_output, device_of
+from robustbench_er.models.defended import DefendedModel, device_of
 from robustbench_er.plugins.registry import (
     defense_label,
     get_attack,
@@ -142,8 +142,8 @@ def train_defenses(cfg: SweepConfig, prep: Prepared,
     """The training step: train each defense of ``cfg`` or reuse its checkpoint (or load the
     checkpoint folder the user named), then each other model an attack's parameter names
     (:attr:`Prepared.models`, keyed by :attr:`ModelRef.key`) with the same dataset, profile, seed
-    and output folder, and check that every model's output is usable. ``cfg.seed`` is used
-    (one seed: :func:`seed_configs` splits a sweep over several)."""
+    and output folder; :func:`get_or_train` checks once that each model's output is usable.
+    ``cfg.seed`` is used (one seed: :func:`seed_configs` splits a sweep over several)."""
     trained: dict[str, Trained] = {}
     jobs = [(d, d, cfg.defense_overrides.get(d), cfg.checkpoints.get(d), d) for d in cfg.defenses]
     jobs += [(r.key, r.defense, r.overrides, r.folder, r.label) for r in prep.models.values()]
@@ -155,7 +155,6 @@ def train_defenses(cfg: SweepConfig, prep: Prepared,
                          checkpoint_dir=Path(folder) if folder else None)
         if on_train:
             on_train(label, t)
-        check_model_output(t.model, prep.data.x_test[:4].to(prep.device))
         trained[key] = t
     return trained
 

@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+def checkpoint_mismatch(meta: dict[str, Any], cls: type[Defense], data: Dataset) -> str | None:
+    """Why a checkpoint folder's metadata does not fit the defense and data it is asked for
+    (None when it fits): the one check, for the schema's early look and for the loader."""
+    if meta.get("defense") != cls.name:
+        return f"holds defense {meta.get('defense')!r}, not {cls.name!r}"
+    if meta.get("dataset") != data.spec.models_on:
+        return f"was trained on {meta.get('dataset')!r}; it cannot be evaluated on {data.spec.name!r}"
+    return None
+
+
 def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.device | str,
                 measure: bool = True) -> Trained:
     """Load a checkpoint folder the user named (``--checkpoint``), built from its own metadata.
@@ -45,12 +55,9 @@ def _load_given(cls: type[Defense], data: Dataset, folder: Path, device: torch.d
     and ``clean_acc`` (which may be missing, or belong to another model) are not used.
     """
     meta = read_meta(folder)
-    if meta.get("defense") != cls.name:
-        raise UserInputError(f"Checkpoint {str(folder)!r} holds defense {meta.get('defense')!r}, not {cls.name!r}.")
-    if meta.get("dataset") != data.spec.models_on:
-        raise UserInputError(
-            f"Checkpoint {str(folder)!r} was trained on {meta.get('dataset')!r}; it cannot be evaluated on {data.spec.name!r}."
-        )
+    problem = checkpoint_mismatch(meta, cls, data)
+    if problem:
+        raise UserInputError(f"Checkpoint {str(folder)!r} {problem}.")
     try:
         hp = cls.HParams(**meta.get("hparams", {}))
     except TypeError as exc:

@@ -46,6 +46,7 @@ from robustbench_er.engine.spec import (
     resolve_model,
     validate_grid,
 )
+from robustbench_er.engine.trained import checkpoint_mismatch
 from robustbench_er.models.checkpoints import read_meta
 from robustbench_er.plugins.registry import ATTACKS, DATASETS, DEFENSES, get_defense, split_variant
 from robustbench_er.report.study import study_variants
@@ -529,12 +530,9 @@ def _check_checkpoints(spec: SweepSpec, names: list[str], data: Any, at: Callabl
             meta = read_meta(Path(folder))
         except Exception as exc:
             raise _reraise(loc, exc) from None
-        if meta["defense"] != cls.name:
-            raise UserInputError(f"{loc}: checkpoint {folder!r} holds defense {meta['defense']!r},"
-                                 f" not {cls.name!r}.")
-        if meta["dataset"] != data.spec.models_on:
-            raise UserInputError(f"{loc}: checkpoint {folder!r} was trained on {meta['dataset']!r};"
-                                 f" it cannot be evaluated on {data.spec.name!r}.")
+        problem = checkpoint_mismatch(meta, cls, data)
+        if problem:
+            raise UserInputError(f"{loc}: checkpoint {folder!r} {problem}.")
 
 
 def _checked_attacks(spec: SweepSpec, attack_classes: list[Any], *, data: Any, dim: int, n: int,

@@ -205,3 +205,28 @@ def test_plan_is_pure_and_training_is_its_own_step(full_run, tmp_path):
     with pytest.raises(UserInputError, match="samples"):
         prepare(_cfg(tmp_path / "bad", samples=10_000_000))
     assert not (tmp_path / "bad").exists()  # a bad input found before anything is written
+
+
+def test_another_batch_size_gets_cells_of_its_own(tmp_path):
+    """A random-start attack's noise is drawn per batch, so its outcomes follow the batch size:
+    a sweep with another batch size is keyed on it, and the default keeps its ids."""
+    from robustbench_er.engine.spec import DEFAULT_BATCH_SIZE
+    from robustbench_er.engine.sweep import plan_sweep
+    from robustbench_er.jobs.sweep import run_sweep
+    from robustbench_er.store.results import Store
+
+    def cfg(**kw):
+        return SweepConfig(dataset="digits", defenses=["none"], attacks=[AttackConfig("pgd", {"steps": 5})],
+                           eps=[0.0, 0.1, 0.15, 0.2], samples=100, out=tmp_path, progress=False, mode="independent",
+                           search="ascending", defense_overrides={"none": {"epochs": 1}}, **kw)
+
+    ids = {b: plan_sweep(cfg(batch_size=b))[0].cell_id for b in (16, 64, DEFAULT_BATCH_SIZE)}
+    assert len(set(ids.values())) == 3
+    assert plan_sweep(cfg())[0].cell_id == ids[DEFAULT_BATCH_SIZE]  # unchanged for the default
+    got = {b: run_sweep(cfg(batch_size=b))[0].robust for b in (16, 64)}
+    store = Store(tmp_path)
+    try:
+        assert {ids[16], ids[64]} <= set(store.outcomes_frame()["cell_id"])  # both kept, neither reused
+    finally:
+        store.close()
+    assert got[16][0.0] == got[64][0.0] and got[16][0.2] <= got[16][0.1]

@@ -27,6 +27,11 @@ from robustbench_er.plugins.registry import (
     split_variant,
 )
 
+#: points per attack call unless the sweep says otherwise. A random-start attack draws its noise
+#: per batch (each batch from its own seed), so its per-sample outcomes depend on how a step is
+#: cut: a cell run with another batch size is keyed on it and never mixed with these
+DEFAULT_BATCH_SIZE = 128
+
 
 @dataclass
 class AttackConfig:
@@ -62,7 +67,7 @@ class SweepConfig:
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
-    batch_size: int = 128
+    batch_size: int = DEFAULT_BATCH_SIZE
     #: forward passes for EOT gradients and majority votes on randomized defenses
     eot: int = 10
     headline: float | None = None

@@ -48,6 +48,7 @@ from robustbench_er.engine.search import (
     next_step,
 )
 from robustbench_er.engine.spec import (
+    DEFAULT_BATCH_SIZE,
     MODES,
     SEARCHES,
     Cell,
@@ -212,6 +213,8 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
                     "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
                     "reports_as": attack.leaderboard_field,
                     "retry": bool(attack.search_retry) if search == "bisect" else False}
+            if cfg.batch_size != DEFAULT_BATCH_SIZE:  # the batches' seeds follow it (engine.search)
+                spec["batch_size"] = cfg.batch_size
             if attack.single_step:  # only when set, so other cells keep their ids
                 spec["single_step"] = True
             cell = Cell(spec_hash(spec), spec, data, defense_label(d), t, attack, a, cgrid,

@@ -471,7 +471,8 @@ def _add_sweep_parser(sub: Any, default: dict[str, Any]) -> None:
     sp.add_argument("--samples", default=None,
                     help=f"evaluation points, or 'all' (default: {default['samples']})")
     sp.add_argument("--batch-size", default=None,
-                    help=f"attack batch size (default: {default['batch_size']})")
+                    help="attack batch size, or auto (default: auto: 128 on a CPU, the largest"
+                    " that fits on a GPU, probed once per model and cached)")
     sp.add_argument("--eot", default=None, help="passes for EOT and majority votes on randomized"
                     f" defenses (default: {default['eot']})")
     sp.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2: train and sweep each"

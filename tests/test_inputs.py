@@ -92,8 +92,8 @@ CLI_CASES = [
     (["--set", "lr=fast"], r"--set: .*'lr' of 'none' must be a number, got 'fast'"),
     (["--set", "epochs"], r"--set: expects KEY=VALUE"),
     (["--set", "epochz=2"], r"--set: .*no hyper-parameter 'epochz'"),
-    (["--batch-size", "0"], r"--batch-size: must be an integer >= 1, got '0'"),
-    (["--batch-size", "abc"], r"--batch-size: must be an integer >= 1, got 'abc'"),
+    (["--batch-size", "0"], r"--batch-size: must be an integer >= 1 \(or auto\), got '0'"),
+    (["--batch-size", "abc"], r"--batch-size: must be an integer >= 1 \(or auto\), got 'abc'"),
     (["--samples", "abc"], r"--samples: must be an integer >= 1 \(or all\), got 'abc'"),
     (["--samples", "0"], r"--samples: must be an integer >= 1"),
     (["--samples", "2.5"], r"--samples: must be an integer >= 1"),
@@ -174,7 +174,7 @@ YAML_CASES = [
     ({"attacks": [{"name": "pgd", "params": {"steps": 2.5}}]}, r"attacks\[0\]: parameter 'steps' of 'pgd' must be an integer"),
     ({"attacks": [{"name": "cw"}]}, r"attacks\[0\]: .*does not support the Linf norm"),
     ({"headline": -1}, r"headline: must be a number >= 0"),
-    ({"batch_size": 0}, r"batch_size: must be an integer >= 1, got 0"),
+    ({"batch_size": 0}, r"batch_size: must be an integer >= 1 \(or auto\), got 0"),
     ({"eot": "abc"}, r"eot: must be an integer >= 1"),
     ({"seed": 1.5}, r"seed: must be an integer, got 1\.5"),
     ({"device": "meta"}, r"device: must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
@@ -321,7 +321,7 @@ def test_experiment_file_and_flags_give_equal_configs(tmp_path):
                                       out=None, device=None, quiet=False)
     assert bare == bare_file
     assert (bare.samples, bare.batch_size, bare.eot, bare.mode, bare.search, bare.l2_unit) == (
-        500, 128, 10, "cascade", "bisect", "l2")
+        500, None, 10, "cascade", "bisect", "l2")
 
 
 def test_samples_all_and_sweeps_inherit(tmp_path):

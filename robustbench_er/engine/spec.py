@@ -17,6 +17,7 @@ from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import L2_UNITS, unit_scale
 from robustbench_er.data.datasets import Dataset
 from robustbench_er.engine.trained import Trained
+from robustbench_er.models.batching import CPU_BATCH_SIZE
 from robustbench_er.models.checkpoints import read_meta
 from robustbench_er.plugins.attack import Attack
 from robustbench_er.plugins.registry import (
@@ -27,10 +28,10 @@ from robustbench_er.plugins.registry import (
     split_variant,
 )
 
-#: points per attack call unless the sweep says otherwise. A random-start attack draws its noise
-#: per batch (each batch from its own seed), so its per-sample outcomes depend on how a step is
-#: cut: a cell run with another batch size is keyed on it and never mixed with these
-DEFAULT_BATCH_SIZE = 128
+#: points per attack call on a CPU unless the sweep says otherwise. A random-start attack draws
+#: its noise per batch (each batch from its own seed), so its per-sample outcomes depend on how a
+#: step is cut: a cell run with another batch size is keyed on it and never mixed with these
+DEFAULT_BATCH_SIZE = CPU_BATCH_SIZE
 
 
 @dataclass
@@ -67,7 +68,9 @@ class SweepConfig:
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
-    batch_size: int = DEFAULT_BATCH_SIZE
+    #: points per attack call; None (``auto``): 128 on a CPU, the largest that fits on a GPU
+    #: (:func:`robustbench_er.models.batching.auto_batch_size`)
+    batch_size: int | None = None
     #: forward passes for EOT gradients and majority votes on randomized defenses
     eot: int = 10
     headline: float | None = None

@@ -65,6 +65,7 @@ from robustbench_er.engine.spec import (
     validate_grid,
 )
 from robustbench_er.engine.trained import Trained, get_or_train
+from robustbench_er.models.batching import auto_batch_size
 from robustbench_er.models.checkpoints import spec_hash, versions
 from robustbench_er.models.defended import DefendedModel, device_of
 from robustbench_er.plugins.registry import (
@@ -213,8 +214,9 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
                     "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
                     "reports_as": attack.leaderboard_field,
                     "retry": bool(attack.search_retry) if search == "bisect" else False}
-            if cfg.batch_size != DEFAULT_BATCH_SIZE:  # the batches' seeds follow it (engine.search)
-                spec["batch_size"] = cfg.batch_size
+            batch = cfg.batch_size or auto_batch_size(model, t.identity, data.spec.shape, prep.device, cfg.out)
+            if batch != DEFAULT_BATCH_SIZE:  # the batches' seeds follow it (engine.search)
+                spec["batch_size"] = batch
             if attack.single_step:  # only when set, so other cells keep their ids
                 spec["single_step"] = True
             cell = Cell(spec_hash(spec), spec, data, defense_label(d), t, attack, a, cgrid,
@@ -452,7 +454,7 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
                     continue
                 try:
                     with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
-                        s = run_cell(store, cell, batch_size=cfg.batch_size, progress=cfg.progress,
+                        s = run_cell(store, cell, batch_size=int(cell.spec.get("batch_size", DEFAULT_BATCH_SIZE)), progress=cfg.progress,
                                      on_step=on_step, heartbeat=alive.check,
                                      runner=executor.runner if executor is not None else None)
                         store.set_flags(cell.cell_id, run_cell_checks(cell, store))

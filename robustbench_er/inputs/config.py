@@ -136,7 +136,8 @@ class SweepSpec(_Model):
     data_dir: str | None = None
     download: bool = False
     device: str = "auto"
-    batch_size: int = Field(default=128, ge=1)
+    #: points per attack call; "auto" (the default): 128 on a CPU, the largest that fits on a GPU
+    batch_size: int | None = Field(default=None, ge=1)
     eot: int = Field(default=10, ge=1)
     headline: float | None = Field(default=None, ge=0)
     #: epsilons of the per-eps table in the Markdown leaderboard (the layout of Table 1
@@ -152,6 +153,11 @@ class SweepSpec(_Model):
     checkpoints: dict[str, str] = Field(default_factory=dict)
     #: ``ray`` or ``{kind: ray, address: ..., gpus_per_cell: 1}``; default: this process
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.strip().lower() == "auto" else v
 
     @field_validator("executor", mode="before")
     @classmethod
@@ -335,7 +341,7 @@ CLI_NAMES = {"defenses": "--defense", "attacks": "--attack", "checkpoints": "--c
 
 _WANTS = {
     "samples": "an integer >= 1 (or all)",
-    "batch_size": "an integer >= 1",
+    "batch_size": "an integer >= 1 (or auto)",
     "eot": "an integer >= 1",
     "seed": "an integer",
     "seeds": "distinct integers, e.g. 0,1,2",

@@ -1,4 +1,4 @@
-"""The public Python API: :func:`benchmark` and :func:`load_defense`.
+"""The public Python API: :func:`benchmark`, :func:`load_defense` and :func:`compare`.
 
 ``benchmark`` evaluates any ``torch.nn.Module`` that maps images in [0, 1] to logits (or a
 :class:`~robustbench_er.models.defended.DefendedModel`) with the same sweep as the CLI: the model is
@@ -8,6 +8,9 @@ store, the leases, the checks and the reports are exactly the CLI's. Its results
 hash of its weights, so a second call with the same weights and ``out`` resumes.
 
 ``load_defense`` returns a registered defense trained (or loaded from its checkpoint).
+
+``compare`` matches the points of several runs and tests their differences, as
+``robustbench-er compare`` does (``docs/compare.md``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from robustbench_er.data.datasets import load_dataset
 from robustbench_er.data.given import as_tensors, registered_test_set, test_set
 from robustbench_er.engine.trained import get_or_train
 from robustbench_er.inputs.config import parse_experiment
+from robustbench_er.jobs.compare import compare_table
 from robustbench_er.jobs.sweep import run_sweep
 from robustbench_er.models.defended import DefendedModel
 from robustbench_er.plugins.given import given_model, registered, save_given
 from robustbench_er.plugins.registry import get_defense
 
-__all__ = ["BenchmarkResult", "benchmark", "load_defense"]
+__all__ = ["BenchmarkResult", "benchmark", "compare", "load_defense"]
 
 
 @dataclass
@@ -239,3 +243,18 @@ def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: st
                            device=resolve_device(device), progress=progress,
                            checkpoint_dir=Path(checkpoint) if checkpoint is not None else None)
     return trained.model.eval()
+
+
+def compare(a: str | Path, b: str | Path, *more: str | Path, pair: str | Sequence[str] | None = None) -> pd.DataFrame:
+    """Compare runs as ``robustbench-er compare`` does, writing nothing: one row per matched point
+    (dataset, norm, eps, attack or ``worst-case``, model) of every later input against the first.
+
+    Each input is a results folder (``out`` of :func:`benchmark` or a sweep), a ``leaderboard.json``
+    or a RobustBench ``model_info`` JSON file. ``pair`` ties models of different names, as
+    ``"1:linear=2:mlp"`` (inputs by 1-based position or path), one string or several. Columns:
+    ``acc_a``, ``acc_b`` (fractions), ``diff`` (later minus first), ``test`` (``mcnemar`` on the
+    same sample ids, else ``unpaired``), ``p`` (two-sided), ``p_worse`` (one-sided: the later is
+    worse), ``ci_low``/``ci_high`` (unpaired only) and more; see ``docs/compare.md``.
+    """
+    pairs = [pair] if isinstance(pair, str) else list(pair or [])
+    return compare_table([a, b, *more], pairs)

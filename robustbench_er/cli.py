@@ -595,6 +595,41 @@ def _add_report_parser(sub: Any) -> None:
     sp.set_defaults(func=cmd_report)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from robustbench_er.jobs.compare import run_compare
+
+    result = run_compare(args.inputs, args.out, args.pair or (), alpha=args.alpha, by=args.by)
+    if not args.quiet:
+        for p in result.paths.values():
+            print(p)
+    if args.fail_if_worse and result.worse:
+        for sentence in result.worse:
+            print(f"worse: {sentence}")
+        return 1
+    return 0
+
+
+def _add_compare_parser(sub: Any) -> None:
+    """The ``compare`` command."""
+    sp = sub.add_parser("compare", help="compare runs: results folders or leaderboard JSON files,"
+                        " the first as the baseline")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT", help="a results folder (with store.sqlite), a"
+                    " leaderboard.json, or a RobustBench model_info JSON file; at least two")
+    sp.add_argument("--out", required=True, help="folder for compare.md, compare.csv, compare.html and the plots")
+    sp.add_argument("--pair", action="append", metavar="A:NAME=B:NAME", help="match model NAME of input A"
+                    " with model NAME of input B (inputs by 1-based position or path); repeatable")
+    sp.add_argument("--fail-if-worse", action="store_true", help="exit 1 when the last input is"
+                    " significantly worse than the first at some matched point")
+    sp.add_argument("--alpha", type=float, default=0.05, help="significance level of --fail-if-worse"
+                    " (one-sided; default 0.05)")
+    sp.add_argument("--by", type=float, default=0.0, metavar="POINTS", help="--fail-if-worse only for"
+                    " a drop of more than POINTS percentage points (default 0)")
+    sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("-v", "--verbose", action="store_true")
+    sp.add_argument("--plugin", action="append")
+    sp.set_defaults(func=cmd_compare)
+
+
 def _add_quickstart_parser(sub: Any, default: dict[str, Any]) -> None:
     """The ``quickstart`` command."""
     sp = sub.add_parser("quickstart", help="the end-to-end demo on the embedded MNIST data")
@@ -617,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analyze_parser(sub, default)
     _add_run_parser(sub, default)
     _add_report_parser(sub)
+    _add_compare_parser(sub)
     _add_quickstart_parser(sub, default)
     return p
 

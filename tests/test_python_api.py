@@ -19,7 +19,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 
 
 def test_the_api_is_exported():
-    assert set(robustbench_er.__all__) == {"BenchmarkResult", "benchmark", "load_defense"}
+    assert set(robustbench_er.__all__) == {"BenchmarkResult", "benchmark", "compare", "load_defense"}
     assert callable(robustbench_er.benchmark) and callable(robustbench_er.load_defense)
 
 

@@ -7,6 +7,7 @@ per-sample values, so new grids need no new attacks.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,6 +68,25 @@ def worst_case(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     ba = pd.concat([f.set_index("sample_id")["broken_at"].astype(float) for f in frames], axis=1)
     base["broken_at"] = ba.min(axis=1, skipna=True)
     return base.reset_index()
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """One-sided exact McNemar p-value: P(X >= b) for X ~ Binomial(b + c, 1/2).
+
+    ``b`` and ``c`` count the two kinds of discordant pairs (points the first of two paired
+    verdicts counts and the second does not, and the reverse); a small p says the first kind is
+    more frequent than chance. Exact in integers (no overflow for large counts).
+    """
+    n = int(b) + int(c)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(int(b), n + 1))
+    return min(1.0, tail / (1 << n))
+
+
+def mcnemar_two_sided_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: twice the smaller one-sided tail, at most 1."""
+    return min(1.0, 2.0 * min(mcnemar_p(b, c), mcnemar_p(c, b)))
 
 
 def pretty_eps(eps: float) -> str:

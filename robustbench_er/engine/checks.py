@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_er.core.errors import UserInputError
-from robustbench_er.core.metrics import EPS_TOL, curve
+from robustbench_er.core.metrics import EPS_TOL, curve, mcnemar_p
 from robustbench_er.engine.search import bisect_state
 from robustbench_er.models.defended import device_of
 from robustbench_er.plugins.attack import verify
@@ -372,22 +372,6 @@ def attack_run(outcomes: pd.DataFrame, grid: list[float], spec: dict[str, Any]) 
             single = False
     return AttackRun(outcomes, [float(e) for e in grid], str(spec.get("access", "gradient")),
                      str(spec.get("kind", "fixed")), bool(single))
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """One-sided exact McNemar p-value: P(X >= b) for X ~ Binomial(b + c, 1/2).
-
-    ``b`` counts the discordant points the first attack breaks and the second does not, ``c``
-    the reverse; a small p says the first attack is stronger on these points.
-    """
-    n = b + c
-    if n == 0:
-        return 1.0
-    try:
-        from scipy.stats import binomtest
-    except ImportError:  # the exact tail, written out
-        return min(1.0, sum(math.comb(n, k) for k in range(b, n + 1)) / 2.0 ** n)
-    return float(binomtest(b, n, 0.5, alternative="greater").pvalue)
 
 
 def _standing(run: AttackRun, ids: np.ndarray, eps: float) -> np.ndarray:

@@ -20,7 +20,7 @@ import math
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -125,12 +125,16 @@ class Tables:
       stage, for a cascade), AUC, ADBD, n, mode and stage;
     * ``board``: one row per group (dataset, defense checkpoint, norm, seed): clean and worst-case
       robust accuracy at the headline eps on the points every attack there ran on, AUC, flags;
-      then, for a (dataset, norm, defense) run at several seeds, its aggregate row (mean, ``*_std``).
+      then, for a (dataset, norm, defense) run at several seeds, its aggregate row (mean, ``*_std``);
+    * ``samples``: per curve point, keyed (dataset, checkpoint, norm, seed, attack, eps) as in
+      ``curves``, the per-sample outcomes (sample_id, clean_correct, broken_at) behind its
+      robust accuracy (for the worst case: the minimum ``broken_at`` over the attacks there).
     """
 
     curves: pd.DataFrame
     attacks: pd.DataFrame
     board: pd.DataFrame
+    samples: dict[tuple[Any, ...], pd.DataFrame] = field(default_factory=dict)
 
 
 def _covers(kind: str, grid: list[float], eps: float) -> bool:
@@ -194,6 +198,8 @@ class _Group:
     eot_n: int
     rows: dict[str, Any]
     info: dict[str, tuple[str, list[float]]]
+    #: (attack label or WORST, eps) -> the per-sample outcomes behind that curve point
+    samples: dict[tuple[str, float], pd.DataFrame] = field(default_factory=dict)
 
     def eps_cols(self, e: float) -> dict[str, Any]:
         """A curve row's epsilon columns: the value, its pretty form, the unit and the value in it."""
@@ -238,6 +244,7 @@ def _attack_curves(grp: _Group, by_cell: dict[str, pd.DataFrame], flags: pd.Data
             g = grid if kind == "fixed" else grp.union
             acc = curve(out, g)
             clean = float(out["clean_correct"].mean())
+            grp.samples.update({(label, float(e)): out for e in g})
             for f in flags[flags["cell_id"] == cid].itertuples():
                 cell_flags[f.flag] = f.detail
             for e, a in zip(g, acc):
@@ -268,6 +275,7 @@ def _worst_curve(grp: _Group, by_cell: dict[str, pd.DataFrame], curve_rows: list
             wc_acc.append(math.nan)
             continue
         wc, _ = got
+        grp.samples[(WORST, float(e))] = wc
         a = float(curve(wc, [e])[0])
         wc_acc.append(a)
         curve_rows.append(dict(dataset=grp.dataset, defense=grp.defense, attack=WORST, norm=grp.norm,
@@ -360,6 +368,7 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
     curve_rows: list[dict[str, Any]] = []
     attack_rows: list[dict[str, Any]] = []
     board_rows: list[dict[str, Any]] = []
+    samples: dict[tuple[Any, ...], pd.DataFrame] = {}
     if cells.empty:
         return Tables(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
     by_cell = {cid: df.drop(columns="cell_id").sort_values("sample_id") for cid, df in outcomes.groupby("cell_id")}
@@ -373,7 +382,10 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
         hl = _group_headline(grp, headline, remembered)
         board_rows.append(_board_row(grp, by_cell, hl, wc_acc, cell_flags, attack_rows))
         _add_cross_flags(grp, by_cell, labels, board_rows[-1])
-    return _frames(curve_rows, attack_rows, board_rows)
+        samples.update({(grp.dataset, grp.ckpt, grp.norm, grp.seed, a, e): f for (a, e), f in grp.samples.items()})
+    t = _frames(curve_rows, attack_rows, board_rows)
+    t.samples = samples
+    return t
 
 
 #: the board's numbers an aggregate row gives as mean and sample std over seeds

@@ -1,0 +1,142 @@
+"""robustbench-er compare and robustbench_er.compare on tiny real runs (digits, FGSM and PGD-3)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import robustbench_er
+from robustbench_er.cli import main
+from robustbench_er.core.metrics import mcnemar_p, mcnemar_two_sided_p
+from robustbench_er.report.compare import unpaired_stats, wilson
+from robustbench_er.store.results import Store
+
+ATTACKS = "fgsm,pgd(steps=3)"
+
+
+def _sweep(out: Path, defense: str, folder: Path, samples: int) -> Path:
+    assert main(["sweep", "--dataset", "digits", "--defense", defense, "--checkpoint", str(folder), "--attack",
+                 ATTACKS, "--eps", "0:0.3:0.1", "--samples", str(samples), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, none_digits, madry_digits) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compare")
+    return {"none": _sweep(root / "none", "none", none_digits.folder, 60),
+            "madry": _sweep(root / "madry", "madry", madry_digits.folder, 60),
+            "none50": _sweep(root / "none50", "none", none_digits.folder, 50)}
+
+
+def _ids(folder: Path) -> set[int]:
+    s = Store(folder)
+    try:
+        return set(s.outcomes_frame()["sample_id"])
+    finally:
+        s.close()
+
+
+def test_the_exact_tests_and_the_interval():
+    assert mcnemar_p(9, 1) == pytest.approx(11 / 1024)
+    assert mcnemar_two_sided_p(9, 1) == pytest.approx(22 / 1024)
+    assert mcnemar_two_sided_p(4, 4) == 1.0
+    assert mcnemar_p(3000, 2900) < 0.2  # large counts stay exact, no overflow
+    lo, hi = wilson(0.5, 100)
+    assert (lo, hi) == pytest.approx((0.4038, 0.5962), abs=1e-4)
+    s = unpaired_stats(0.5, 100, 0.3, 100)
+    assert s["ci_low"] < -0.2 < s["ci_high"] < 0 and s["p_worse"] < 0.01 and s["test"] == "unpaired"
+
+
+def test_a_store_against_itself_differs_nowhere(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", str(runs["none"]), str(runs["none"]), "--out", str(out), "--fail-if-worse"]) == 0
+    t = pd.read_csv(out / "compare.csv")
+    assert len(t) == 12 and set(t["attack"]) == {"fgsm", "pgd(steps=3)", "worst-case"}  # 3 curves x 4 eps
+    assert (t["diff"] == 0).all() and (t["test"] == "mcnemar").all() and (t["p"] == 1).all()
+    for name in ("compare.md", "compare.html", "compare_digits_Linf.png"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "compare.md").read_text()
+    assert md.count("run 1: `robustbench-er") == 2 and "versions:" in md and "device:" in md  # a line per run
+    assert "worse:" not in capsys.readouterr().out
+
+
+def test_madry_against_none_is_significantly_worse(runs, tmp_path, capsys):
+    t = robustbench_er.compare(runs["madry"], runs["none"], pair="1:madry=2:none")
+    wc = t[(t["attack"] == "worst-case")].set_index("eps")
+    print(wc[["acc_a", "acc_b", "diff", "p", "p_worse", "broken_b_only", "broken_a_only"]].to_string())
+    at = wc.loc[0.1]
+    assert at["test"] == "mcnemar" and at["diff"] < -0.1 and at["p"] < 0.01 and at["p_worse"] < 0.01
+    assert at["broken_b_only"] > at["broken_a_only"]
+    # madry first (the baseline), none last: the last is worse -> exit 1, one sentence per point
+    argv = ["compare", str(runs["madry"]), str(runs["none"]), "--pair", "1:madry=2:none", "--out", str(tmp_path / "a"),
+            "--fail-if-worse"]
+    assert main(argv) == 1
+    worse = [line for line in capsys.readouterr().out.splitlines() if line.startswith("worse:")]
+    assert worse and any("eps 0.1 (worst-case)" in line for line in worse)
+    assert main(argv + ["--by", "90"]) == 0  # no drop of more than 90 points
+    assert main(argv + ["--alpha", "1e-12"]) == 0
+    # none first, madry last: madry is better under attack, but its clean accuracy (eps 0) is
+    # significantly lower (80.0% vs 91.7% here): that is the only drop
+    capsys.readouterr()
+    argv = ["compare", str(runs["none"]), str(runs["madry"]), "--pair", f"{runs['madry']}:madry=1:none",
+            "--out", str(tmp_path / "b"), "--fail-if-worse"]
+    assert main(argv) == 1
+    worse = [line for line in capsys.readouterr().out.splitlines() if line.startswith("worse:")]
+    assert worse and all(" at eps 0 (" in line for line in worse)
+    t = robustbench_er.compare(runs["none"], runs["madry"], pair="1:none=2:madry")
+    assert (t.loc[t["eps"] > 0, "p_worse"] > 0.05).all()
+    assert main(argv + ["--by", "20"]) == 0
+
+
+def test_other_sample_ids_use_the_unpaired_test(runs):
+    assert _ids(runs["none"]) != _ids(runs["none50"])  # another --samples, another seeded subset
+    t = robustbench_er.compare(runs["none"], runs["none50"])
+    assert len(t) == 12 and (t["test"] == "unpaired").all()
+    assert (t["n_a"] == 60).all() and (t["n_b"] == 50).all()
+    assert ((t["ci_low"] <= t["diff"] + 1e-12) & (t["diff"] <= t["ci_high"] + 1e-12)).all()
+    assert t["broken_b_only"].isna().all()
+
+
+def test_a_robustbench_json_is_matched_with_the_worst_case(runs, tmp_path):
+    f = tmp_path / "digits" / "Linf" / "Someone2024Robust.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({"name": "A paper title", "dataset": "digits", "eps": "0.1", "clean_acc": "99.00",
+                             "autoattack_acc": 12.5, "reported": "13.0", "additional_data": False}))
+    t = robustbench_er.compare(runs["none"], f, pair="1:none=2:Someone2024Robust")
+    assert len(t) == 1
+    r = t.iloc[0]
+    assert (r["attack"], r["eps"], r["norm"], r["test"]) == ("worst-case", 0.1, "Linf", "unpaired")
+    assert r["acc_b"] == pytest.approx(0.125) and r["n_a"] == 60 and pd.isna(r["n_b"])
+    assert r["diff"] == pytest.approx(0.125 - r["acc_a"]) and r["ci_low"] <= r["diff"] <= r["ci_high"]
+    # 8/255-style eps, "threat_model" and a list of entries are read too
+    g = tmp_path / "board.json"
+    g.write_text(json.dumps([{"model_id": "m", "dataset": "DIGITS", "threat_model": "linf", "eps": "51/255",
+                              "clean_acc": 90, "autoattack_acc": "0.0"}]))
+    assert robustbench_er.compare(runs["none"], g, pair="1:none=2:m").iloc[0]["eps"] == pytest.approx(0.2)
+    # our own leaderboard.json: matched on the weights, the headline eps, the worst case and each attack
+    t = robustbench_er.compare(runs["none"], runs["none"] / "leaderboard.json")
+    assert set(t["attack"]) == {"worst-case", "fgsm", "pgd(steps=3)"} and (t["diff"].abs() < 1e-12).all()
+    assert (t["test"] == "unpaired").all() and (t["eps"] == 0.3).all()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d, r: [str(d), str(r["none"])], "No results store"),
+    (lambda d, r: [str(d / "missing.json"), str(r["none"])], "does not exist"),
+    (lambda d, r: [str(_write(d / "x.json", {"foo": 1})), str(r["none"])], "neither"),
+    (lambda d, r: [str(_write(d / "y.json", "not json")), str(r["none"])], "not a readable JSON"),
+    (lambda d, r: [str(r["none"]), str(r["madry"])], "Nothing of"),
+    (lambda d, r: [str(r["none"]), str(r["madry"]), "--pair", "3:none=1:madry"], "--pair"),
+])
+def test_bad_inputs_exit_2_with_one_sentence(make, match, runs, tmp_path, capsys):
+    argv = ["compare", *make(tmp_path, runs), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+def _write(path: Path, value: object) -> Path:
+    path.write_text(value if isinstance(value, str) else json.dumps(value))
+    return path

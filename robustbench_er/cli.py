@@ -20,7 +20,7 @@ from robustbench_er.core.errors import UserInputError
 QUICKSTART: dict[str, Any] = {
     "dataset": "mnist5k",
     "profile": "quick",
-    "samples": 400,
+    "samples": 200,
     "norm": "Linf",
     "eps": "0:0.4:0.025",
     "headline": 0.3,
@@ -379,7 +379,7 @@ def _headline_arg(text: str | None) -> Any:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     _print("robustbench-er quickstart, about 4 minutes on a 2-core CPU: train 'none' and 'madry' (quick"
-           " profile) on the embedded mnist5k data, sweep PGD-Linf from 0 to 0.4 on 400 test points, then"
+           " profile) on the embedded mnist5k data, sweep PGD-Linf from 0 to 0.4 on 200 test points, then"
            " AutoAttack at 0.3 on every point PGD left standing.", args.quiet)
     (cfg,) = experiment_configs(dict(QUICKSTART), out=args.out, device=args.device, quiet=args.quiet)
     rc = _run_config(cfg, _command(), args.quiet)

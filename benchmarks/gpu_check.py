@@ -579,9 +579,11 @@ def quickstart_compare(ctx: Context, res: dict[str, Any], raw: dict[str, Any], f
                                           " reduction order) flipping points on a decision boundary"}
     res["comparison"] = comparison
     outcomes: dict[str, dict[str, Any]] = {}
+    stores: dict[str, Path] = {}
     for label, dev, tf32 in sides:
         per: dict[str, Any] = {}
         sub = ctx.fresh("compare_" + label.replace(", ", "_").replace(" ", "_"))
+        stores[label] = sub
         with cudnn_settings(deterministic=True, tf32=tf32):
             for defense in ("none", "madry"):
                 if defense not in folders:
@@ -595,6 +597,25 @@ def quickstart_compare(ctx: Context, res: dict[str, Any], raw: dict[str, Any], f
         outcomes[label] = per
         comparison["defenses"] = compare_sides(outcomes, grid)  # after every side: a stop keeps the sides done
         ctx.save()
+    comparison["paired_tests"] = paired_tests(stores)
+    ctx.save()
+
+
+def paired_tests(stores: dict[str, Path]) -> dict[str, Any]:
+    """``robustbench_er.compare`` of each later side's store with the first side's, per defense:
+    the robust accuracies, their difference and the exact McNemar p-value at each eps."""
+    import robustbench_er
+
+    labels = list(stores)
+    out: dict[str, Any] = {}
+    for defense in ("none", "madry"):
+        for label in labels[1:]:
+            table = robustbench_er.compare(stores[labels[0]] / defense, stores[label] / defense)
+            rows = table[table["attack"] != "worst-case"].sort_values("eps")
+            out.setdefault(defense, {})[f"vs {label}"] = [
+                {"eps": float(r["eps"]), "acc_a": float(r["acc_a"]), "acc_b": float(r["acc_b"]),
+                 "diff": float(r["diff"]), "test": str(r["test"]), "p": float(r["p"])} for _, r in rows.iterrows()]
+    return out
 
 
 def compare_sides(outcomes: dict[str, dict[str, Any]], grid: list[float]) -> dict[str, Any]:

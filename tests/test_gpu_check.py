@@ -85,6 +85,11 @@ def test_quickstart_times_each_stage_and_agrees_with_the_cpu(smoke: tuple[Path, 
         # the same seeds on the same device: every point agrees
         assert vs["broken_at_agreement"] == 1.0 and vs["differing_points"] == []
         assert all(s > 0 for s in e["seconds"].values())
+        # and robustbench_er.compare reads the two sides' stores: paired, no difference, p = 1
+        paired = cmp_["paired_tests"][defense]["vs cpu"]
+        assert [row["eps"] for row in paired] == pytest.approx(cmp_["grid"])
+        assert all(row["test"] == "mcnemar" and row["diff"] == 0 and row["p"] == 1 for row in paired)
+        assert [row["acc_b"] for row in paired] == pytest.approx(e["robust_acc"]["cpu"])
 
 
 def test_throughputs_are_measured(smoke: tuple[Path, dict[str, Any], str]) -> None:

@@ -35,7 +35,7 @@ from robustbench_er.engine.trained import get_or_train
 from robustbench_er.inputs.config import parse_experiment
 from robustbench_er.jobs.compare import compare_table
 from robustbench_er.jobs.sweep import run_sweep
-from robustbench_er.models.defended import DefendedModel
+from robustbench_er.models.defended import DefendedModel, first_call
 from robustbench_er.plugins.given import given_model, registered, save_given
 from robustbench_er.plugins.registry import get_defense
 
@@ -140,16 +140,12 @@ def _test_set(model: nn.Module, data: Any, normalize: Any) -> Any:
             mean = torch.as_tensor([float(v) for v in normalize[0]]).view(1, -1, 1, 1)
             std = torch.as_tensor([float(v) for v in normalize[1]]).view(1, -1, 1, 1)
             probe = (probe - mean) / std
+    was = net.training
+    net.eval()
     try:
-        was = net.training
-        net.eval()
-        with torch.no_grad():
-            logits = net(probe.to(next(iter(net.parameters()), probe).device))
+        logits = first_call(net, probe.to(next(iter(net.parameters()), probe).device), "the data's images")
+    finally:
         net.train(was)
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
-        raise UserInputError(f"The model cannot take the data's images (shape {' x '.join(map(str, x.shape[1:]))}):"
-                             f" {type(exc).__name__}: {first}.") from None
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         raise UserInputError(f"The model must return N x classes logits; it returned"
                              f" {tuple(getattr(logits, 'shape', ()))} for {len(probe)} images.")

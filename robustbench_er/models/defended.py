@@ -173,20 +173,26 @@ class DefendedModel(nn.Module):
         return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64, device=x.device)
 
 
-def check_model_output(model: DefendedModel, x: torch.Tensor) -> None:
-    """Raise a clear error if the model cannot take the data's images, or if its output is not
-    N x classes finite logits: the first call of a model on a dataset goes through here, so a
-    network built for other images (3 channels on MNIST, say) is named with the data's shape
-    rather than left to torch's bare matmul or convolution message."""
+def first_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, what: str, classes: int | None = None) -> Any:
+    """``fn(x)`` without gradients, where a model first meets some images: a network built for
+    other images (3 channels on MNIST, say) is named with their shape rather than left to torch's
+    bare matmul or convolution message."""
     try:
         with torch.no_grad():
-            out = model.predict(x[:4])
+            return fn(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
         shape = " x ".join(str(s) for s in x.shape[1:])
-        raise UserInputError(
-            f"The model cannot take this dataset's images (shape {shape}, {model.classes} classes):"
-            f" {type(exc).__name__}: {first}. Check that the network was built for these images.") from None
+        of = f"shape {shape}, {classes} classes" if classes is not None else f"shape {shape}"
+        raise UserInputError(f"The model cannot take {what} ({of}): {type(exc).__name__}: {first}."
+                             " Check that the network was built for these images.") from None
+
+
+def check_model_output(model: DefendedModel, x: torch.Tensor) -> None:
+    """Raise a clear error if the model cannot take the data's images (:func:`first_call`), or if
+    its output is not N x classes finite logits; the first call of a model on a dataset goes
+    through here."""
+    out = first_call(model.predict, x[:4], "this dataset's images", model.classes)
     if out.ndim != 2 or out.shape != (len(x[:4]), model.classes):
         raise UserInputError(
             f"The model returned shape {tuple(out.shape)} for {len(x[:4])} images; expected N x {model.classes} logits."

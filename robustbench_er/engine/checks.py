@@ -407,29 +407,33 @@ def paired_comparison(weak: AttackRun, strong: AttackRun) -> dict[str, Any] | No
     return best
 
 
-def cross_attack_flags(runs: dict[str, AttackRun], alpha: float = ALPHA) -> dict[str, str]:
+def cross_attack_hits(runs: dict[str, AttackRun], alpha: float = ALPHA
+                      ) -> dict[str, tuple[str, str, dict[str, Any]]]:
     """Compare the attacks of one (dataset, defense, norm) group pairwise on their shared points.
 
-    A flag fires when an attack expected to be weaker (single-step vs iterative; black-box vs a
-    fixed-epsilon iterative gradient attack) breaks significantly more points at some eps: exact
-    McNemar test, one-sided, p < ``alpha``. The detail gives both accuracies, b, c and p.
+    A flag fires when an attack expected to be weaker (single-step vs iterative; black-box or
+    transfer vs a fixed-epsilon iterative gradient attack) breaks significantly more points at
+    some eps: exact McNemar test, one-sided, p < ``alpha``. Returns per flag the most significant
+    pair: (the weaker attack's label, the stronger's, :func:`paired_comparison`'s result).
     """
     iterative = [lab for lab, r in runs.items() if r.access == "gradient" and not r.single_step]
     single = [lab for lab, r in runs.items() if r.access == "gradient" and r.single_step]
     white = [lab for lab in iterative if runs[lab].kind == "fixed"]
     black = [lab for lab, r in runs.items() if r.access in ("score", "decision", "none")]
-    flags: dict[str, str] = {}
+    hits: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for name, weak_labels, strong_labels in (("single-step-stronger", single, iterative),
                                              ("black-box-stronger", black, white)):
-        found: tuple[str, str, dict[str, Any]] | None = None
         for wl in weak_labels:
             for sl in strong_labels:
                 hit = paired_comparison(runs[wl], runs[sl])
-                if hit and hit["p"] < alpha and (found is None or hit["p"] < found[2]["p"]):
-                    found = (wl, sl, hit)
-        if found:
-            wl, sl, h = found
-            flags[name] = (f"{wl} {h['acc_weak']:.3f} < {sl} {h['acc_strong']:.3f} at eps {h['eps']:g} on"
-                           f" {h['n']} shared points: {wl} alone breaks b={h['b']}, {sl} alone c={h['c']}"
-                           f" (exact McNemar, one-sided p={h['p']:.2g})")
-    return flags
+                if hit and hit["p"] < alpha and (name not in hits or hit["p"] < hits[name][2]["p"]):
+                    hits[name] = (wl, sl, hit)
+    return hits
+
+
+def cross_attack_flags(runs: dict[str, AttackRun], alpha: float = ALPHA) -> dict[str, str]:
+    """:func:`cross_attack_hits` as flags: the detail gives both accuracies, b, c and p."""
+    return {name: (f"{wl} {h['acc_weak']:.3f} < {sl} {h['acc_strong']:.3f} at eps {h['eps']:g} on"
+                   f" {h['n']} shared points: {wl} alone breaks b={h['b']}, {sl} alone c={h['c']}"
+                   f" (exact McNemar, one-sided p={h['p']:.2g})")
+            for name, (wl, sl, h) in cross_attack_hits(runs, alpha).items()}

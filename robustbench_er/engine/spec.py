@@ -17,8 +17,8 @@ from robustbench_er.core.errors import UserInputError
 from robustbench_er.core.metrics import L2_UNITS, unit_scale
 from robustbench_er.data.datasets import Dataset
 from robustbench_er.engine.trained import Trained
-from robustbench_er.models.batching import CPU_BATCH_SIZE
-from robustbench_er.models.checkpoints import read_meta
+from robustbench_er.models.batching import CPU_BATCH_SIZE, auto_batch_size
+from robustbench_er.models.checkpoints import read_meta, spec_hash
 from robustbench_er.plugins.attack import Attack
 from robustbench_er.plugins.registry import (
     DEFENSES,
@@ -151,6 +151,40 @@ class Cell:
     upstream: str | None = None
     #: "bisect" or "ascending" (fixed-epsilon attacks); "once" for minimization attacks
     search: str = "ascending"
+
+
+def build_cell(cfg: SweepConfig, prep: Prepared, trained: Mapping[str, Trained], d: str, a: AttackConfig,
+               grid: list[float],
+               sample_ids: np.ndarray, *, stage: int, eot: int, upstream: str | None,
+               extra: Mapping[str, Any] | None = None, randomized: bool | None = None) -> Cell:
+    """The cell of attack ``a`` on defense ``d`` (``trained[d]``; ``trained`` holds the models
+    attacks' parameters name too) over ``grid`` and ``sample_ids``
+    (sorted), its id the hash of its spec; a UserInputError (one sentence) when the attack cannot
+    run on the model. ``extra`` adds keys to the spec (an escalated stage's reasons);
+    ``randomized`` overrides the model's declaration (EOT on a model found nondeterministic)."""
+    data, norm, t = prep.data, prep.norm, trained[d]
+    attack = make_attack(a, norm, bool(t.model.randomized) if randomized is None else randomized, eot)
+    if attack.needs_models:  # the models its parameters name, trained in the training step
+        attack.use_models(attached_models(attack, prep, trained))
+    attack.check_model(t.model)
+    search = cfg.search if attack.kind == "fixed" else "once"
+    spec: dict[str, Any] = {"dataset": data.spec.name, "checkpoint": t.identity, "defense": defense_label(d),
+            "attack": attack.describe(), "label": a.display, "norm": norm, "grid": grid,
+            "samples": hashlib.sha256(sample_ids.tobytes()).hexdigest()[:16], "n": len(sample_ids),
+            "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
+            "headline": data.spec.headline.get(norm), "mode": cfg.mode, "search": search,
+            "upstream": upstream, "stage": stage,
+            "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": prep.scale,
+            "reports_as": attack.leaderboard_field,
+            "retry": bool(attack.search_retry) if search == "bisect" else False}
+    batch = cfg.batch_size or auto_batch_size(t.model, t.identity, data.spec.shape, prep.device, cfg.out)
+    if batch != DEFAULT_BATCH_SIZE:  # the batches' seeds follow it (engine.search)
+        spec["batch_size"] = batch
+    if attack.single_step:  # only when set, so other cells keep their ids
+        spec["single_step"] = True
+    spec.update(extra or {})
+    return Cell(spec_hash(spec), spec, data, defense_label(d), t, attack, a, grid,
+                sample_ids, cfg.seed, eot, upstream=upstream, search=search)
 
 
 def seed_for(cell_id: str, step: int) -> int:

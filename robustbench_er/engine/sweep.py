@@ -21,7 +21,7 @@ The sweep, per cell:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import logging
 import math
 import time
@@ -55,7 +55,7 @@ from robustbench_er.engine.spec import (
     ModelRef,
     Prepared,
     SweepConfig,
-    attached_models,
+    build_cell,
     check_seeds,
     eps_scale,
     make_attack,
@@ -65,11 +65,9 @@ from robustbench_er.engine.spec import (
     validate_grid,
 )
 from robustbench_er.engine.trained import Trained, get_or_train
-from robustbench_er.models.batching import auto_batch_size
-from robustbench_er.models.checkpoints import spec_hash, versions
+from robustbench_er.models.checkpoints import versions
 from robustbench_er.models.defended import DefendedModel, device_of
 from robustbench_er.plugins.registry import (
-    defense_label,
     get_attack,
     get_defense,
 )
@@ -178,49 +176,28 @@ def plan(cfg: SweepConfig, prep: Prepared, trained: dict[str, Trained],
     ``stages`` (``--dry-run``) plans only the attacks at these positions, numbered as in the whole
     sweep; in cascade mode they must be a prefix, since a stage's id holds its upstream's.
     """
-    data, norm, grid, scale, ids = prep.data, prep.norm, prep.grid, prep.scale, prep.ids
+    grid, ids = prep.grid, prep.ids
     cells: list[Cell] = []
     skipped: list[tuple[str, str, str]] = []
     for d in cfg.defenses:
         t = trained[d]
-        model = t.model
-        randomized = bool(model.randomized)
-        eot = cfg.eot if randomized else 1
+        eot = cfg.eot if t.model.randomized else 1
         upstream: str | None = None
         for stage, (a, agrid) in enumerate(zip(cfg.attacks, prep.attack_grids)):
             if stages is not None and stage not in stages:
                 continue
-            attack = make_attack(a, norm, randomized, eot)
-            if attack.needs_models:  # the models its parameters name, trained in the training step
-                attack.use_models(attached_models(attack, prep, trained))
+            cgrid = agrid if agrid is not None else grid
+            # a random prefix of the fixed permutation, processed in index order
+            cids = np.sort(ids[: a.samples] if a.samples else ids)
             try:
-                attack.check_model(model)
+                cell = build_cell(cfg, prep, trained, d, a, cgrid, cids, stage=stage, eot=eot,
+                                  upstream=upstream if cfg.mode == "cascade" else None)
             except UserInputError as exc:
                 skipped.append((d, a.display, str(exc)))
                 if on_skip:
                     on_skip(d, a.display, str(exc))
                 log.warning("skipping %s x %s: %s", d, a.display, exc)
                 continue
-            cgrid = agrid if agrid is not None else grid
-            # a random prefix of the fixed permutation, processed in index order
-            cids = np.sort(ids[: a.samples] if a.samples else ids)
-            search = cfg.search if attack.kind == "fixed" else "once"
-            spec: dict[str, Any] = {"dataset": data.spec.name, "checkpoint": t.identity, "defense": defense_label(d),
-                    "attack": attack.describe(), "label": a.display, "norm": norm, "grid": cgrid,
-                    "samples": hashlib.sha256(cids.tobytes()).hexdigest()[:16], "n": len(cids),
-                    "seed": cfg.seed, "eot": eot, "kind": attack.kind, "access": attack.access,
-                    "headline": data.spec.headline.get(norm), "mode": cfg.mode, "search": search,
-                    "upstream": upstream if cfg.mode == "cascade" else None, "stage": stage,
-                    "l2_unit": cfg.l2_unit if norm == "L2" else None, "eps_scale": scale,
-                    "reports_as": attack.leaderboard_field,
-                    "retry": bool(attack.search_retry) if search == "bisect" else False}
-            batch = cfg.batch_size or auto_batch_size(model, t.identity, data.spec.shape, prep.device, cfg.out)
-            if batch != DEFAULT_BATCH_SIZE:  # the batches' seeds follow it (engine.search)
-                spec["batch_size"] = batch
-            if attack.single_step:  # only when set, so other cells keep their ids
-                spec["single_step"] = True
-            cell = Cell(spec_hash(spec), spec, data, defense_label(d), t, attack, a, cgrid,
-                        cids, cfg.seed, eot, upstream=spec["upstream"], search=search)
             cells.append(cell)
             if cfg.mode == "cascade":
                 upstream = cell.cell_id
@@ -423,10 +400,12 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
     prep = prepare(cfg)
     executor = make_executor(cfg.executor)
     cells: list[Cell] = []
+    trained: dict[int, dict[str, Trained]] = {}
     for c in seed_configs(cfg):  # every seed trained and planned before any cell runs
         if executor is not None:
             executor.train(c, prep)  # training jobs as tasks; the driver then loads the checkpoints
-        cells += plan(c, prep, train_defenses(c, prep, _seed_named(on_train, c, cfg)), on_skip)
+        trained[c.seed] = train_defenses(c, prep, _seed_named(on_train, c, cfg))
+        cells += plan(c, prep, trained[c.seed], on_skip)
     store = Store(out)
     try:
         config = dataclasses.asdict(cfg)
@@ -437,41 +416,49 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
                                           for e in cfg.table_eps]
         run_id = store.start_run(command, config, versions())
         done: dict[str, CellSummary] = {}
-        owner = lease_owner()
-        pending = list(cells)
-        while pending:
-            # a cell another live process holds is deferred: work on the others, then poll
-            # until its holder finishes (the claim then succeeds and run_cell finds it done)
-            # or its lease expires (the claim takes it over and run_cell resumes it)
-            deferred = []
-            for cell in pending:
-                # a cascade stage waits for the stage before it (it starts from its outcomes)
-                if cell.upstream is not None and cell.upstream not in done:
-                    deferred.append(cell)
-                    continue
-                if not store.leases.claim(cell.cell_id, owner, LEASE_TTL):
-                    deferred.append(cell)
-                    continue
-                try:
-                    with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
-                        s = run_cell(store, cell, batch_size=int(cell.spec.get("batch_size", DEFAULT_BATCH_SIZE)), progress=cfg.progress,
-                                     on_step=on_step, heartbeat=alive.check,
-                                     runner=executor.runner if executor is not None else None)
-                        store.set_flags(cell.cell_id, run_cell_checks(cell, store))
-                except LeaseLost as exc:
-                    log.warning("%s; waiting for it", exc)
-                    deferred.append(cell)
-                    continue
-                done[cell.cell_id] = s
-                if on_cell:
-                    on_cell(s)
-            if len(deferred) == len(pending):
-                log.info("%d cell(s) held by other processes; waiting", len(deferred))
-                time.sleep(LEASE_POLL)
-            pending = deferred
+        run = functools.partial(_run_cells, store, cfg, executor, done, on_cell=on_cell, on_step=on_step)
+        run(cells)
         summaries = [done[c.cell_id] for c in cells]
         store.finish_run(run_id)
         hl = config.get("headline_eps")
         return summaries, ({canonical_norm(cfg.norm): hl} if hl is not None else None)
     finally:
         store.close()
+
+
+def _run_cells(store: Store, cfg: SweepConfig, executor: Any, done: dict[str, CellSummary], cells: list[Cell], *,
+               on_cell: Callable[[CellSummary], None] | None, on_step: Callable[[int], None] | None) -> None:
+    """Run (or resume, or find done) every cell and its checks, each under a lease; a cascade stage
+    after the stage before it. Summaries go into ``done``."""
+    owner = lease_owner()
+    pending = list(cells)
+    while pending:
+        # a cell another live process holds is deferred: work on the others, then poll
+        # until its holder finishes (the claim then succeeds and run_cell finds it done)
+        # or its lease expires (the claim takes it over and run_cell resumes it)
+        deferred = []
+        for cell in pending:
+            # a cascade stage waits for the stage before it (it starts from its outcomes)
+            if cell.upstream is not None and cell.upstream not in done:
+                deferred.append(cell)
+                continue
+            if not store.leases.claim(cell.cell_id, owner, LEASE_TTL):
+                deferred.append(cell)
+                continue
+            try:
+                with KeepAlive(store.path, cell.cell_id, owner, LEASE_TTL) as alive:
+                    s = run_cell(store, cell, batch_size=int(cell.spec.get("batch_size", DEFAULT_BATCH_SIZE)), progress=cfg.progress,
+                                 on_step=on_step, heartbeat=alive.check,
+                                 runner=executor.runner if executor is not None else None)
+                    store.set_flags(cell.cell_id, run_cell_checks(cell, store))
+            except LeaseLost as exc:
+                log.warning("%s; waiting for it", exc)
+                deferred.append(cell)
+                continue
+            done[cell.cell_id] = s
+            if on_cell:
+                on_cell(s)
+        if len(deferred) == len(pending):
+            log.info("%d cell(s) held by other processes; waiting", len(deferred))
+            time.sleep(LEASE_POLL)
+        pending = deferred

@@ -51,6 +51,7 @@ class CarliniWagnerL2(MinimizationAttack):
 
     norms = ("L2",)
     access = "gradient"
+    effort_params = ("steps",)
     Params = CWParams
 
     def validate(self) -> None:

@@ -42,6 +42,7 @@ class DDN(MinimizationAttack):
 
     norms = ("L2",)
     access = "gradient"
+    effort_params = ("steps",)
     Params = DDNParams
 
     def validate(self) -> None:

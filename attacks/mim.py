@@ -45,6 +45,7 @@ class MIM(FixedEpsilonAttack):
 
     norms = ("Linf",)
     access = "gradient"
+    effort_params = ("steps",)
     Params = MIMParams
 
     def validate(self) -> None:

@@ -5,8 +5,13 @@ Parameters (paper values for MNIST: eps 0.3, 40 steps, step 0.01 = eps/30, unifo
 
 * ``steps`` (40), ``rel_stepsize`` (step = rel_stepsize * eps; default 2.5/steps, the rule from
   Madry et al.'s appendix that lets the iterate cross the ball in 40% of the steps),
-  ``random_start`` (True), ``loss`` (``ce`` or ``margin``, the CW margin loss), ``eot`` (gradient
-  averaged over n passes for randomized defenses).
+  ``random_start`` (True), ``loss`` (``ce``; ``margin``, the CW margin loss; ``log_margin``, the
+  margin of the logarithms of outputs that are probabilities), ``eot`` (gradient averaged over n
+  passes for randomized defenses).
+
+Remedies (``robustbench_er.engine.escalate``): PGD with the margin loss on log-probabilities is
+the remedy for the ``probabilities`` flag (a softmax output saturates the cross-entropy); an
+escalation that asks for more effort doubles ``steps``.
 
 L1 (not in Madry et al.): sparse L1 steps and the L1-ball projection; see :mod:`robustbench_er.models.pgd`,
 where the routine lives (adversarial training and ``fgsm`` call it too).
@@ -33,6 +38,9 @@ from robustbench_er.plugin import (
     register_attack,
 )
 
+#: the losses PGD ascends
+LOSSES = ("ce", "margin", "log_margin")
+
 
 @dataclass
 class PGDParams(AttackParams):
@@ -51,6 +59,8 @@ class PGD(FixedEpsilonAttack):
     access = "gradient"
     Params = PGDParams
     warm_start = True
+    remedies = {"probabilities": {"loss": "log_margin"}}
+    effort_params = ("steps",)
 
     def validate(self) -> None:
         p = self.params
@@ -58,8 +68,8 @@ class PGD(FixedEpsilonAttack):
             raise UserInputError(f"PGD needs at least one step; got {p.steps}.")
         if p.rel_stepsize < 0:
             raise UserInputError("PGD rel_stepsize must be >= 0 (0 = 2.5/steps).")
-        if p.loss not in ("ce", "margin"):
-            raise UserInputError(f"PGD loss must be 'ce' or 'margin', not {p.loss!r}.")
+        if p.loss not in LOSSES:
+            raise UserInputError(f"PGD loss must be one of {', '.join(repr(v) for v in LOSSES)}, not {p.loss!r}.")
 
     def run(self, model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, *,
             generator: torch.Generator | None = None, x_init: torch.Tensor | None = None) -> torch.Tensor:

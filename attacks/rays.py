@@ -202,6 +202,10 @@ class RayS(MinimizationAttack):
 
     norms = ("Linf",)
     access = "decision"
+    #: a decision-based attack sees labels only: the remedy wherever gradients or scores mislead
+    remedies = {"zero-gradients": {}, "no-break-at-large-eps": {}, "single-step-stronger": {},
+                "noise-stronger": {}}
+    effort_params = ("query_budget",)
     Params = RaySParams
 
     def __init__(self, norm: str = "Linf", **params: object) -> None:

@@ -50,6 +50,11 @@ class Square(FixedEpsilonAttack):
 
     norms = ("Linf", "L2")
     access = "score"
+    #: a score-based attack needs no gradient: it is the remedy wherever gradients mislead, and
+    #: with twice the queries and restarts where AutoAttack's own checks advise it
+    remedies = {"zero-gradients": {}, "no-break-at-large-eps": {}, "single-step-stronger": {},
+                "noise-stronger": {}, "attack-warnings": {"n_queries": 10000, "n_restarts": 2}}
+    effort_params = ("n_queries", "n_restarts")
     Params = SquareParams
 
     def validate(self) -> None:

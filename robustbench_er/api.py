@@ -85,7 +85,7 @@ def benchmark(model: nn.Module, *, dataset: str | None = None, data: Any = None,
               normalize: tuple[Sequence[float], Sequence[float]] | None = None, mode: str = "cascade",
               search: str = "bisect", headline: float | None = None, eot: int = 10, batch_size: int = 128,
               seed: int = 0, device: str = "auto", data_dir: str | Path | None = None,
-              progress: bool = False) -> BenchmarkResult:
+              progress: bool = False, escalate: bool = True) -> BenchmarkResult:
     """Sweep ``attacks`` over ``eps`` against ``model`` on ``dataset`` or on your own test points
     ``data``; return the curves and leaderboard.
 
@@ -101,6 +101,10 @@ def benchmark(model: nn.Module, *, dataset: str | None = None, data: Any = None,
     harness normalises inside. ``randomized=True`` declares a stochastic forward (EOT gradients,
     majority votes over ``eot`` passes); ``differentiable=False`` keeps gradient attacks off it.
     A :class:`~robustbench_er.models.defended.DefendedModel` is taken with its own declarations.
+
+    With ``escalate=True`` (the default) a check's flag runs its remedy as a further cascade
+    stage (Square and RayS after PGD on a model with zero gradients, ...; ``docs/flags.md``), and
+    the worst case includes it; ``escalate=False`` keeps the listed attacks only.
 
     ``attacks`` is a string as on the command line (``"pgd,autoattack"``,
     ``"pgd(steps=100)"``) or a list of names and mappings ``{name, params, eps, samples, label}``;
@@ -126,7 +130,7 @@ def benchmark(model: nn.Module, *, dataset: str | None = None, data: Any = None,
         return _benchmark(model, dataset=str(dataset), attacks=attacks, eps=eps, norm=norm,
                           samples=500 if samples is None else samples, out=out, name=name, randomized=randomized,
                           differentiable=differentiable, output=output, normalize=normalize, mode=mode,
-                          search=search, headline=headline, eot=eot, batch_size=batch_size, seed=seed,
+                          search=search, headline=headline, eot=eot, batch_size=batch_size, seed=seed, escalate=escalate,
                           device=device, data_dir=data_dir, progress=progress)
 
 
@@ -155,7 +159,8 @@ def _test_set(model: nn.Module, data: Any, normalize: Any) -> Any:
 def _benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], eps: str | Sequence[float] | float,
                norm: str, samples: int | str, out: str | Path | None, name: str, randomized: bool,
                differentiable: bool, output: str, normalize: tuple[Sequence[float], Sequence[float]] | None,
-               mode: str, search: str, headline: float | None, eot: int, batch_size: int, seed: int, device: str,
+               mode: str, search: str, headline: float | None, eot: int, batch_size: int, seed: int, escalate: bool,
+               device: str,
                data_dir: str | Path | None, progress: bool) -> BenchmarkResult:
     """:func:`benchmark` on a registered dataset."""
     data = load_dataset(dataset, str(data_dir) if data_dir is not None else None, False)
@@ -183,7 +188,7 @@ def _benchmark(model: nn.Module, *, dataset: str, attacks: str | Sequence[Any], 
             root = Path(out)
         raw: dict[str, Any] = {"dataset": dataset, "defenses": [name], "attacks": attacks,
                                "eps": eps if isinstance(eps, (str, list, tuple)) else [eps],
-                               "norm": norm, "samples": samples, "mode": mode, "search": search, "eot": eot,
+                               "norm": norm, "samples": samples, "mode": mode, "search": search, "eot": eot, "escalate": escalate,
                                "batch_size": batch_size, "seed": seed, "out": str(root)}
         if isinstance(raw["eps"], tuple):
             raw["eps"] = list(raw["eps"])

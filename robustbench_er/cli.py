@@ -176,6 +176,7 @@ def sweep_flags(args: argparse.Namespace) -> dict[str, Any]:
             "out": args.out, "data_dir": args.data_dir, "download": args.download or None,
             "device": args.device, "batch_size": args.batch_size, "eot": args.eot, "headline": args.headline,
             "table_eps": args.table_eps, "table_attacks": args.table_attacks, "mode": args.mode, "search": args.search, "l2_unit": args.l2_unit, "checkpoints": checkpoints,
+            "escalate": args.escalate,
             "executor": ({"kind": args.executor, "address": args.ray_address} if args.executor or args.ray_address
                          else None)}
 
@@ -489,6 +490,10 @@ def _add_sweep_parser(sub: Any, default: dict[str, Any]) -> None:
                     f" (default: {default['mode']})")
     sp.add_argument("--search", default=None, help=f"{' or '.join(SEARCHES)}: how fixed-epsilon"
                     f" attacks walk the grid (default: {default['search']})")
+    sp.add_argument("--escalate", action=argparse.BooleanOptionalAction, default=None,
+                    help="after the checks, run each flag's remedy (Square and RayS for masked gradients,"
+                         " more EOT passes for randomness, ...) as further cascade stages on the points"
+                         " still standing; the worst case includes them (default: on; docs/flags.md)")
     sp.add_argument("--l2-unit", default=None, help=f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}:"
                     " unit of L2 epsilons; rms = L2 / sqrt(number of pixels), mse = L2^2 / number"
                     " of pixels (the reading of Li et al. 2021's C&W bounds)"

@@ -167,7 +167,8 @@ def test_a_break_at_a_small_eps_carries_to_every_larger_eps(tmp_path):
     """A planted pair: a strong attack that only checks a small eps, a weak one that only checks
     larger ones. The worst case at the larger eps counts the strong attack's breaks too."""
     out = tmp_path / "carry"
-    run_sweep(_cfg(out, mode="independent",
+    # escalation off: the weak attack's flags would add stages to the worst case computed here
+    run_sweep(_cfg(out, mode="independent", escalate=False,
                    attacks=[AttackConfig("pgd", {"steps": 20}, eps=[0.05], label="strong"),
                             AttackConfig("pgd", {"steps": 1, "rel_stepsize": 0.01, "random_start": False},
                                          eps=[0.1, 0.2], label="weak")]))

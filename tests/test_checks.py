@@ -267,10 +267,12 @@ def _cell_flags(out: Path) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def none_sweep(test_plugins, tmp_path_factory):
     out = tmp_path_factory.mktemp("checks_none")
-    # each attack on its own, ascending: the per-attack checks read each attack's own curve and steps
+    # each attack on its own, ascending: the per-attack checks read each attack's own curve and
+    # steps; escalation off, since the flags are the point here (tests/test_escalate.py runs remedies)
     cfg = SweepConfig(dataset="digits", defenses=["none"], eps=GRID, samples=64, out=out, progress=False,
                       attacks=[AttackConfig("pgd"), AttackConfig("fgsm"), AttackConfig("test-identity"),
-                               AttackConfig("test-warner")], mode="independent", search="ascending")
+                               AttackConfig("test-warner")], mode="independent", search="ascending",
+                      escalate=False)
     run_sweep(cfg)
     return out, _cell_flags(out)
 
@@ -369,7 +371,7 @@ def test_attack_warnings_survive_a_rerun_with_more_work_and_a_report(test_plugin
 
     def cfg(attacks):
         return SweepConfig(dataset="digits", defenses=["none"], eps=[0.0, 0.1, 0.2], samples=32, out=tmp_path,
-                           progress=False, attacks=attacks, mode="independent")
+                           progress=False, attacks=attacks, mode="independent", escalate=False)
 
     def board_details() -> str:
         return str(pd.read_csv(tmp_path / "leaderboard.csv").iloc[0]["flag_details"])
@@ -389,3 +391,13 @@ def test_attack_warnings_survive_a_rerun_with_more_work_and_a_report(test_plugin
     finally:
         store.close()
     assert "attack-warnings: " + first in board_details()
+
+
+def test_a_transfer_attack_stronger_than_white_box_is_its_own_flag():
+    n = 200
+    pgd_run = _run(_breaks(n, {i: 0.1 for i in range(40)}))
+    moved = _run(_breaks(n, {i: 0.1 for i in range(60)}), access="none")
+    hits = checks.cross_attack_hits({"pgd": pgd_run, "pgd transferred": moved})
+    assert set(hits) == {"transfer-stronger"}
+    weak, strong, hit = hits["transfer-stronger"]
+    assert (weak, strong, hit["b"], hit["c"]) == ("pgd transferred", "pgd", 20, 0)

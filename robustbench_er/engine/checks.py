@@ -34,9 +34,10 @@ McNemar test on the points both attacks ran (:func:`mcnemar_p`, one-sided, :data
 
 * ``single-step-stronger``: a single-step attack (``Attack.single_step``) breaks significantly
   more points than an iterative gradient attack at some eps;
-* ``black-box-stronger``: a score- or decision-based attack, or a transfer attack that sends the
-  target no query (``Attack.access`` ``"none"``), breaks significantly more points than a
-  fixed-epsilon iterative gradient attack at some eps.
+* ``black-box-stronger``: a score- or decision-based attack breaks significantly more points than
+  a fixed-epsilon iterative gradient attack at some eps;
+* ``transfer-stronger``: a transfer attack that sends the target no query (``Attack.access``
+  ``"none"``: examples crafted on a surrogate) does so.
 
 The checks name no attack: they read the attributes each attack declares.
 """
@@ -419,10 +420,12 @@ def cross_attack_hits(runs: dict[str, AttackRun], alpha: float = ALPHA
     iterative = [lab for lab, r in runs.items() if r.access == "gradient" and not r.single_step]
     single = [lab for lab, r in runs.items() if r.access == "gradient" and r.single_step]
     white = [lab for lab in iterative if runs[lab].kind == "fixed"]
-    black = [lab for lab, r in runs.items() if r.access in ("score", "decision", "none")]
+    black = [lab for lab, r in runs.items() if r.access in ("score", "decision")]
+    transfer = [lab for lab, r in runs.items() if r.access == "none"]
     hits: dict[str, tuple[str, str, dict[str, Any]]] = {}
     for name, weak_labels, strong_labels in (("single-step-stronger", single, iterative),
-                                             ("black-box-stronger", black, white)):
+                                             ("black-box-stronger", black, white),
+                                             ("transfer-stronger", transfer, white)):
         for wl in weak_labels:
             for sl in strong_labels:
                 hit = paired_comparison(runs[wl], runs[sl])

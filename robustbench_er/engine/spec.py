@@ -93,6 +93,9 @@ class SweepConfig:
     #: where cells and training jobs run: {"kind": "local"} or {"kind": "ray", "address": ...,
     #: "gpus_per_cell": ..., "workers": ..., "threads_per_task": ...} (robustbench_er.engine.executor)
     executor: dict[str, Any] = field(default_factory=lambda: {"kind": "local"})
+    #: after the checks, run each flag's remedy as further cascade stages on the points still
+    #: standing (robustbench_er.engine.escalate)
+    escalate: bool = True
 
 
 def seed_configs(cfg: SweepConfig) -> list[SweepConfig]:

@@ -40,6 +40,7 @@ from robustbench_er.core.metrics import curve, to_norm
 from robustbench_er.core.norms import canonical_norm
 from robustbench_er.data.datasets import load_dataset
 from robustbench_er.engine.checks import run_cell_checks
+from robustbench_er.engine.escalate import escalation_cells
 from robustbench_er.engine.executor import make_executor
 from robustbench_er.engine.search import (
     BatchRunner,
@@ -418,6 +419,11 @@ def execute_sweep(cfg: SweepConfig, *, command: str = "", on_cell: Callable[[Cel
         done: dict[str, CellSummary] = {}
         run = functools.partial(_run_cells, store, cfg, executor, done, on_cell=on_cell, on_step=on_step)
         run(cells)
+        # flags that act: each flag's remedy as further cascade stages, until no new flag asks for one
+        escalated: dict[tuple[str, int], set[str]] = {}
+        while extra := escalation_cells(cfg, prep, trained, cells, store, escalated):
+            cells += extra
+            run(extra)
         summaries = [done[c.cell_id] for c in cells]
         store.finish_run(run_id)
         hl = config.get("headline_eps")

@@ -148,6 +148,8 @@ class SweepSpec(_Model):
     table_attacks: list[str] | None = None
     mode: Literal["cascade", "independent"] = "cascade"
     search: Literal["bisect", "ascending"] = "bisect"
+    #: after the checks, run each flag's remedy as further cascade stages (docs/flags.md)
+    escalate: bool = True
     l2_unit: Literal["l2", "rms", "mse"] = "l2"
     #: defense name -> a checkpoint folder to evaluate instead of training
     checkpoints: dict[str, str] = Field(default_factory=dict)
@@ -353,6 +355,7 @@ _WANTS = {
     "search": " or ".join(SEARCHES),
     "l2_unit": f"{', '.join(L2_UNITS[:-1])} or {L2_UNITS[-1]}",
     "download": "true or false",
+    "escalate": "true or false",
 }
 
 
@@ -624,6 +627,7 @@ def to_sweep_config(spec: SweepSpec, *, where: str = "", cli: bool = False, prog
         table_attacks=spec.table_attacks,
         defense_overrides=overrides, checkpoints=dict(spec.checkpoints), progress=progress,
         mode=spec.mode, search=spec.search, l2_unit=spec.l2_unit, executor=spec.executor.model_dump(),
+        escalate=spec.escalate,
     )
 
 

@@ -28,6 +28,7 @@ import pandas as pd
 
 from robustbench_er.core.errors import UserInputError
 from robustbench_er.engine.detection import cell_key, detection_cells
+from robustbench_er.engine.escalate import possible_stages
 from robustbench_er.engine.spec import make_attack, seed_configs
 from robustbench_er.engine.sweep import plan, prepare
 from robustbench_er.engine.trained import checkpoint_folder, get_or_train
@@ -121,6 +122,15 @@ def _seed_rows(cfg: Any, prep: Any, store: dict[str, tuple[str, int]]) -> list[d
         sub = dataclasses.replace(cfg, defenses=planned)
         for planned_cell in plan(sub, prep, trained, stages=stages):
             cells[(_key(planned_cell, trained), int(planned_cell.spec["stage"]))] = planned_cell
+    rows += _cell_rows(cfg, prep, store, trained, cells, attacks, ready)
+    return rows
+
+
+def _cell_rows(cfg: Any, prep: Any, store: dict[str, tuple[str, int]], trained: dict[str, Any],
+               cells: dict[tuple[str, int], Any], attacks: list[Any], ready: list[bool]) -> list[dict[str, Any]]:
+    """The rows of the planned cells, then of the stages a flag could add (``if flagged``)."""
+    rows: list[dict[str, Any]] = []
+    extra = possible_stages(cfg, prep, trained, list(cells.values())) if cells else []
     for d in cfg.defenses:
         for i, (a, agrid, attack) in enumerate(zip(cfg.attacks, prep.attack_grids, attacks)):
             cell = cells.get((d, i))
@@ -143,6 +153,14 @@ def _seed_rows(cfg: Any, prep: Any, store: dict[str, tuple[str, int]]) -> list[d
             rows.append({"job": "cell", "defense": d, "attack": a.display, "state": "after training",
                          "points": n, "calls_per_point": calls,
                          "evaluations": n * calls * attack.evaluations_per_point(), "where": "", "seed": cfg.seed})
+        for cell in (c for c in extra if _key(c, trained) == d):
+            status, steps = store.get(cell.cell_id, ("new", 0))
+            calls = _rounds(cell.attack.kind, cell.search, len(cell.grid), bool(cell.spec.get("retry")))
+            rows.append({"job": "if", "defense": d, "attack": cell.attack_cfg.display.replace("escalated", "if flagged"),
+                         "state": "cached" if status == "done" else "if flagged", "points": len(cell.sample_ids),
+                         "calls_per_point": calls,
+                         "evaluations": len(cell.sample_ids) * calls * cell.attack.evaluations_per_point(),
+                         "where": "", "seed": cfg.seed})
     return rows
 
 
@@ -156,7 +174,7 @@ def _key(cell: Any, trained: dict[str, Any]) -> str:
 def render(frames: list[pd.DataFrame], names: list[str]) -> str:
     """The plan as text, one block per sweep, with the total of evaluations still to spend."""
     lines = []
-    total = 0
+    total = maybe = 0
     sweeps = 0
     for df, name in zip(frames, names):
         if name.startswith(("detect:", "analyze:")):
@@ -171,10 +189,15 @@ def render(frames: list[pd.DataFrame], names: list[str]) -> str:
             calls = f"{r.calls_per_point} calls/pt" if r.calls_per_point != "" else ""
             n = f"n={r.points}" if r.points != "" else ""
             lines.append(f"  {r.job:<5} {what:<40} {r.state:<18} {n:<8} {calls:<12} {ev:>16}  {r.where}")
-            if r.evaluations != "":
+            if r.evaluations != "" and r.job == "if":
+                maybe += int(r.evaluations) if r.state != "cached" else 0
+            elif r.evaluations != "":
                 total += int(r.evaluations)
     lines.append(f"at most {total:,} model evaluations (forward or backward passes) left to spend in cells;"
                  " training jobs marked 'to train' come on top. Nothing was written.")
+    if maybe:
+        lines.append(f"'if' rows are stages a flag would add (docs/flags.md): at most {maybe:,} more evaluations,"
+                     " only for the flags that fire (--no-escalate: none).")
     return "\n".join(lines)
 
 

@@ -146,7 +146,8 @@ def pgd(model: DefendedModel, x: torch.Tensor, y: torch.Tensor, eps: torch.Tenso
 
     def loss_grad(xa: torch.Tensor, yc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model.predict(xa)
-        per = F.cross_entropy(logits, yc, reduction="none") if loss == "ce" else margin_loss(logits, yc)
+        per = (F.cross_entropy(logits, yc, reduction="none") if loss == "ce" else
+               margin_loss(torch.log(logits.clamp_min(1e-30)), yc) if loss == "log_margin" else margin_loss(logits, yc))
         (g,) = torch.autograd.grad(per.sum() * sign, xa)
         return logits, g
 

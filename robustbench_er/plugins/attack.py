@@ -90,6 +90,13 @@ class Attack:
     #: behaviour version: bump it when a change alters results (its cells are then recomputed);
     #: a new parameter whose default keeps the old behaviour is an ``added_field`` instead
     version: ClassVar[int] = 0
+    #: the flags this attack is a remedy for, each with the parameters it then runs with: when a
+    #: sweep's check raises such a flag, the sweep escalates (``robustbench_er.engine.escalate``)
+    #: by running this attack as a further cascade stage on the points still standing
+    remedies: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: the integer parameters that buy strength (steps, restarts, queries): an escalation that asks
+    #: this attack to try harder (:meth:`stronger`) doubles each
+    effort_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, norm: str = "Linf", **params: Any) -> None:
         self.norm = canonical_norm(norm)
@@ -149,6 +156,22 @@ class Attack:
         if self.access == "gradient":
             per *= 2
         return per * max(1, int(p.eot))
+
+    def stronger(self, how: str) -> dict[str, Any] | None:
+        """The parameters of a stronger run of this attack for an escalation, or None when this
+        attack has no such knob: ``how`` is ``"effort"`` (each of :attr:`effort_params` doubled)
+        or ``"eot"`` (twice the EOT passes, at least 2). The parameters given are kept otherwise.
+        An attack with another notion of strength overrides it."""
+        params = identity_params(self.params)
+        if how == "eot":
+            return {**params, "eot": max(2, 2 * int(self.params.eot))}
+        if how == "effort":
+            knobs = [k for k in self.effort_params if isinstance(getattr(self.params, k, None), int)
+                     and not isinstance(getattr(self.params, k), bool)]
+            if not knobs:
+                return None
+            return {**params, **{k: 2 * max(1, int(getattr(self.params, k))) for k in knobs}}
+        raise ValueError(f"unknown escalation {how!r}")
 
     def use_models(self, models: dict[str, Any]) -> None:
         """Attach the models named by ``needs_models`` (parameter -> ``trained.Trained``); the

@@ -62,6 +62,10 @@ class Defense:
     #: retrained); a new hyper-parameter whose default keeps the old behaviour is an
     #: ``added_field`` instead (see :mod:`robustbench_er.core.identity`)
     version: ClassVar[int] = 0
+    #: this defense's own remedies: flag -> the attacks to run as further cascade stages when the
+    #: flag fires on it, each ``{"attack": name, "params": {...}}`` (on top of the attacks that
+    #: declare ``Attack.remedies`` for the flag; ``robustbench_er.engine.escalate``)
+    remedies: ClassVar[dict[str, list[dict[str, Any]]]] = {}
 
     def build(self, spec: DatasetSpec, hp: Any) -> nn.Module:
         raise NotImplementedError

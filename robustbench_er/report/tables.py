@@ -317,7 +317,8 @@ def _board_row(grp: _Group, by_cell: dict[str, pd.DataFrame], hl: float, wc_acc:
         auc=auc(grp.union, wc_acc) if len(grp.union) >= 2 else math.nan,
         attacks_in_headline=n_chains, eot_n=grp.eot_n, sample_note=note,
         flags=";".join(sorted(cell_flags)),
-        flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=grp.ckpt)
+        flag_details="; ".join(f"{k}: {v}" for k, v in sorted(cell_flags.items())), checkpoint=grp.ckpt,
+        _flag_map=dict(cell_flags))
 
 
 def _add_cross_flags(grp: _Group, by_cell: dict[str, pd.DataFrame], labels: dict[str, str],
@@ -332,9 +333,74 @@ def _add_cross_flags(grp: _Group, by_cell: dict[str, pd.DataFrame], labels: dict
                                        grp.specs[cid])
     new = cross_attack_flags(runs)
     if new:
-        merged = {**dict(x.split(": ", 1) for x in b["flag_details"].split("; ") if x), **new}
+        merged = b["_flag_map"] = {**b["_flag_map"], **new}
         b["flags"] = ";".join(sorted(merged))
         b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(merged.items()))
+
+
+def _remedy_effects(grp: _Group, by_cell: dict[str, pd.DataFrame], hl: float) -> dict[str, tuple[list[str], str]]:
+    """Per flag whose remedy ran: the escalated stages' short labels and what they changed, read
+    from the chain's outcomes just before the flag's first escalated stage and after its last:
+    the points whose break epsilon fell (or that broke at all) and the robust accuracy at ``hl``.
+    The text is empty when nothing changed."""
+    stages: dict[str, list[str]] = {}
+    for cid in grp.ids:
+        for flag in grp.specs[cid].get("escalated") or ():
+            stages.setdefault(str(flag), []).append(cid)
+    out: dict[str, tuple[list[str], str]] = {}
+    for flag, cids in stages.items():
+        names = [str(grp.rows[c].attack_label).split(" (escalated")[0] for c in cids]
+        up = grp.specs[cids[0]].get("upstream")
+        if up not in by_cell:
+            continue
+        before = by_cell[up].set_index("sample_id")
+        after = by_cell[cids[-1]].set_index("sample_id")
+        before = before.loc[after.index]
+        b_at = np.nan_to_num(before["broken_at"].to_numpy(dtype=float), nan=np.inf)
+        a_at = np.nan_to_num(after["broken_at"].to_numpy(dtype=float), nan=np.inf)
+        moved = int((a_at < b_at - EPS_TOL).sum())
+        text = ""
+        if moved:
+            acc_b, acc_a = (float(curve(f.reset_index(), [hl])[0]) for f in (before, after))
+            text = (f"{moved} point{'s' if moved != 1 else ''} broke anew or at a smaller eps; robust accuracy at"
+                    f" {pretty_eps(hl)} on these {len(after)} points {100 * acc_b:.1f}% -> {100 * acc_a:.1f}%")
+        out[flag] = (names, text)
+    return out
+
+
+def _mark_remedies(grp: _Group, by_cell: dict[str, pd.DataFrame], labels: dict[str, str], b: dict[str, Any]) -> None:
+    """Say in the board row ``b`` what each flag's remedy found: ``escalated`` lists the stages the
+    flags added (``after square (escalated: zero-gradients)``); a flag whose remedy ran is marked
+    ``remedied`` (it broke points: the worst case includes them) or ``resolved`` (it changed no
+    point's outcome) in ``flag_details``; ``flags_open`` keeps the flags no remedy ran for."""
+    ran = _remedy_effects(grp, by_cell, float(b["headline_eps"]))
+    details = dict(b.pop("_flag_map"))
+    for flag, (names, text) in ran.items():
+        if flag in details:
+            details[flag] += (f" [remedied by {', '.join(names)}: {text}]" if text else
+                              f" [resolved: {', '.join(names)} ran on the points left standing and changed none]")
+    b["flag_details"] = "; ".join(f"{k}: {v}" for k, v in sorted(details.items()))
+    b["flags_open"] = ";".join(sorted(k for k in details if k not in ran))
+    b["flags_remedied"] = ";".join(sorted(k for k in details if k in ran and ran[k][1]))
+    b["escalated"] = "; ".join(f"after {labels[c]}" for c in grp.ids if grp.specs[c].get("escalated"))
+
+
+def open_flags(r: Any) -> list[str]:
+    """A board row's flags that no remedy ran for (all its flags in a board without the column)."""
+    col = r.get("flags_open") if hasattr(r, "get") else None
+    text = r["flags"] if col is None or (isinstance(col, float) and math.isnan(col)) else col
+    return [f for f in str(text or "").split(";") if f]
+
+
+def flag_cell(r: Any) -> str:
+    """A board row's flags for a table: ``⚠`` before the open ones, ``(remedied)`` or
+    ``(resolved)`` after those whose remedy ran (:func:`_mark_remedies`)."""
+    flags = [f for f in str(r["flags"] or "").split(";") if f]
+    still = set(open_flags(r))
+    remedied = str(r.get("flags_remedied") or "").split(";") if isinstance(r.get("flags_remedied"), str) else []
+    done = [f"{f} ({'remedied' if f in remedied else 'resolved'})" for f in flags if f not in still]
+    shown = [f"⚠ {';'.join(f for f in flags if f in still)}"] if still else []
+    return "; ".join(shown + done)
 
 
 def _frames(curve_rows: list[dict[str, Any]], attack_rows: list[dict[str, Any]],
@@ -382,6 +448,7 @@ def build_tables(store: Store, headline: Headline = None) -> Tables:
         hl = _group_headline(grp, headline, remembered)
         board_rows.append(_board_row(grp, by_cell, hl, wc_acc, cell_flags, attack_rows))
         _add_cross_flags(grp, by_cell, labels, board_rows[-1])
+        _mark_remedies(grp, by_cell, labels, board_rows[-1])
         samples.update({(grp.dataset, grp.ckpt, grp.norm, grp.seed, a, e): f for (a, e), f in grp.samples.items()})
     t = _frames(curve_rows, attack_rows, board_rows)
     t.samples = samples
@@ -407,7 +474,8 @@ def with_seed_aggregates(board: pd.DataFrame) -> pd.DataFrame:
                                                      "eps_unit", "headline_in_unit", "eot_n")}
         row.update(seed=pd.NA, aggregate=True, seeds=",".join(str(int(v)) for v in sorted(g["seed"])),
                    n_seeds=len(g), n=int(g["n"].min()), attacks_in_headline=int(g["attacks_in_headline"].max()),
-                   sample_note="", flags="", flag_details="", checkpoint="")
+                   sample_note="", flags="", flag_details="", flags_open="", flags_remedied="", escalated="",
+                   checkpoint="")
         for k in AGGREGATED:
             vals = g[k].astype(float)
             row[k] = float(vals.mean())
@@ -546,7 +614,7 @@ def leaderboard_sections(t: Tables) -> list[Section]:
             cells += [_fmt(by[c]["robust_acc"]) if c in by else "–" for c in cols]
             cells += [_fmt_auc(by[c]["auc"]) if c in by else "–" for c in auc_cols]
             cells += ["–" if c not in by or is_nan(by[c]["adbd"]) else f"{by[c]['adbd']:.4f}" for c in adbd_cols]
-            cells += [str(int(r["n"])), f"⚠ {r['flags']}" if r["flags"] else ""]
+            cells += [str(int(r["n"])), flag_cell(r)]
             rows.append(cells)
             flags.append((str(r["flags"] or ""), str(r["flag_details"] or "")))
             if r["sample_note"]:
@@ -609,7 +677,7 @@ def leaderboard_json(t: Tables, prov: dict[str, Any]) -> list[dict[str, Any]]:
             "name": r["defense"], "dataset": r["dataset"], "threat_model": r["norm"], "eps": _num(r["headline_eps"]),
             "eps_label": r["headline_label"], "clean_acc": _num(r["clean_acc"]),
             "reported": None, "autoattack_acc": _num(aa[-1]["robust_acc"]) if aa else None, "additional_data": False,
-            "number_forward_passes": int(r["eot_n"]), "unreliable": bool(r["flags"]), "footnote": r["flag_details"] or None,
+            "number_forward_passes": int(r["eot_n"]), "unreliable": bool(open_flags(r)), "footnote": r["flag_details"] or None,
             "link": None, "authors": None, "venue": None, "architecture": None,
             # ours
             "robust_acc": _num(r["robust_acc"]), "robust_acc_per_attack": per, "auc": _num(r["auc"]),

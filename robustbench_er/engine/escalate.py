@@ -171,14 +171,11 @@ def escalation_cells(cfg: SweepConfig, prep: Prepared, trained: Mapping[int, Map
     by_cell: dict[str, dict[str, str]] = {}
     for r in store.flags_frame().itertuples():
         by_cell.setdefault(str(r.cell_id), {})[str(r.flag)] = str(r.detail)
-    groups: dict[tuple[str, int], list[Cell]] = {}
-    for c in cells:
-        groups.setdefault((str(c.spec["checkpoint"]), int(c.seed)), []).append(c)
     new: list[Cell] = []
-    for key, group in groups.items():
+    for key, group in _groups(cells).items():
         seen = done.setdefault(key, set())
         chains = chains_of(group)
-        names = {defense_label(d): d for d in trained[key[1]] if not d.startswith(("model:", "folder:"))}
+        names = _names(trained[key[1]])
         remedies: list[Remedy] = []
         for cell in (c for chain in chains for c in chain):
             here = by_cell.get(cell.cell_id, {})
@@ -244,9 +241,9 @@ def possible_stages(cfg: SweepConfig, prep: Prepared, trained: Mapping[str, Trai
     if not cfg.escalate:
         return []
     out: list[Cell] = []
-    for group in _by_defense(cells).values():
-        chains = [list(c) for c in chains_of(group)]
-        names = {defense_label(d): d for d in trained if not d.startswith(("model:", "folder:"))}
+    for group in _groups(cells).values():
+        chains = chains_of(group)
+        names = _names(trained)
         remedies = [r for chain in chains for cell in chain for flag in REMEDIES
                     for r in remedies_for(flag, cell, {flag: ""}, cfg, names.get(cell.defense, cell.defense))
                     if flag != "curve-rises"]  # a rerun of a stage already listed
@@ -254,8 +251,14 @@ def possible_stages(cfg: SweepConfig, prep: Prepared, trained: Mapping[str, Trai
     return out
 
 
-def _by_defense(cells: list[Cell]) -> dict[str, list[Cell]]:
-    groups: dict[str, list[Cell]] = {}
+def _groups(cells: list[Cell]) -> dict[tuple[str, int], list[Cell]]:
+    """Cells by (checkpoint, seed): the unit a flag is escalated once for."""
+    groups: dict[tuple[str, int], list[Cell]] = {}
     for c in cells:
-        groups.setdefault(str(c.spec["checkpoint"]), []).append(c)
+        groups.setdefault((str(c.spec["checkpoint"]), int(c.seed)), []).append(c)
     return groups
+
+
+def _names(trained: Mapping[str, Trained]) -> dict[str, str]:
+    """A defense's label -> its name in the sweep (the models attacks name left out)."""
+    return {defense_label(d): d for d in trained if not d.startswith(("model:", "folder:"))}

@@ -246,16 +246,21 @@ def load_defense(name: str, dataset: str, profile: str = "quick", checkpoint: st
     return trained.model.eval()
 
 
-def compare(a: str | Path, b: str | Path, *more: str | Path, pair: str | Sequence[str] | None = None) -> pd.DataFrame:
+def compare(a: str | Path, b: str | Path, *more: str | Path, pair: str | Sequence[str] | None = None,
+            pair_attack: str | Sequence[str] | None = None) -> pd.DataFrame:
     """Compare runs as ``robustbench-er compare`` does, writing nothing: one row per matched point
     (dataset, norm, eps, attack or ``worst-case``, model) of every later input against the first.
 
     Each input is a results folder (``out`` of :func:`benchmark` or a sweep), a ``leaderboard.json``
     or a RobustBench ``model_info`` JSON file. ``pair`` ties models of different names, as
-    ``"1:linear=2:mlp"`` (inputs by 1-based position or path), one string or several. Columns:
-    ``acc_a``, ``acc_b`` (fractions), ``diff`` (later minus first), ``test`` (``mcnemar`` on the
-    same sample ids, else ``unpaired``), ``p`` (two-sided), ``p_worse`` (one-sided: the later is
-    worse), ``ci_low``/``ci_high`` (unpaired only) and more; see ``docs/compare.md``.
+    ``"1:linear=2:mlp"`` (inputs by 1-based position or path), one string or several;
+    ``pair_attack`` compares only the attacks it pairs, as ``"1:pgd=2:pgd transferred from none"``
+    (one folder given twice compares two attacks of one run). Columns: ``acc_a``, ``acc_b``
+    (fractions), ``diff`` (later minus first), ``test`` (``mcnemar`` on the same sample ids, else
+    ``unpaired``), ``p`` (two-sided), ``p_worse`` (one-sided: the later is worse),
+    ``ci_low``/``ci_high`` (95% interval of ``diff``, paired or unpaired) and more; see
+    ``docs/compare.md``.
     """
     pairs = [pair] if isinstance(pair, str) else list(pair or [])
-    return compare_table([a, b, *more], pairs)
+    attack_pairs = [pair_attack] if isinstance(pair_attack, str) else list(pair_attack or [])
+    return compare_table([a, b, *more], pairs, attack_pairs)

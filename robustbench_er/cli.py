@@ -603,7 +603,8 @@ def _add_report_parser(sub: Any) -> None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from robustbench_er.jobs.compare import run_compare
 
-    result = run_compare(args.inputs, args.out, args.pair or (), alpha=args.alpha, by=args.by)
+    result = run_compare(args.inputs, args.out, args.pair or (), alpha=args.alpha, by=args.by,
+                         attack_pairs=args.pair_attack or ())
     if not args.quiet:
         for p in result.paths.values():
             print(p)
@@ -623,12 +624,17 @@ def _add_compare_parser(sub: Any) -> None:
     sp.add_argument("--out", required=True, help="folder for compare.md, compare.csv, compare.html and the plots")
     sp.add_argument("--pair", action="append", metavar="A:NAME=B:NAME", help="match model NAME of input A"
                     " with model NAME of input B (inputs by 1-based position or path); repeatable")
+    sp.add_argument("--pair-attack", action="append", metavar="A:ATTACK=B:ATTACK", help="compare attack"
+                    " ATTACK of the first input with attack ATTACK of input B, and only the attacks so paired"
+                    " (the same folder twice compares two attacks of one run, e.g. '1:pgd=2:pgd transferred"
+                    " from none'); repeatable")
     sp.add_argument("--fail-if-worse", action="store_true", help="exit 1 when the last input is"
                     " significantly worse than the first at some matched point")
     sp.add_argument("--alpha", type=float, default=0.05, help="significance level of --fail-if-worse"
                     " (one-sided; default 0.05)")
-    sp.add_argument("--by", type=float, default=0.0, metavar="POINTS", help="--fail-if-worse only for"
-                    " a drop of more than POINTS percentage points (default 0)")
+    sp.add_argument("--by", type=float, default=0.0, metavar="POINTS", help="--fail-if-worse only where"
+                    " the last input is significantly worse by more than POINTS percentage points (its"
+                    " one-sided upper confidence bound below -POINTS; default 0: any significant drop)")
     sp.add_argument("--quiet", action="store_true")
     sp.add_argument("-v", "--verbose", action="store_true")
     sp.add_argument("--plugin", action="append")

@@ -23,16 +23,18 @@ class CompareResult:
     worse: list[str]
 
 
-def compare_table(inputs: Sequence[str | Path], pairs: Sequence[str] = ()) -> pd.DataFrame:
+def compare_table(inputs: Sequence[str | Path], pairs: Sequence[str] = (),
+                  attack_pairs: Sequence[str] = ()) -> pd.DataFrame:
     """The comparison table of ``inputs`` (the first is the baseline), nothing written."""
     runs = [read_run(p) for p in inputs]
-    return compare_runs(runs, list(pairs)).table
+    return compare_runs(runs, list(pairs), list(attack_pairs)).table
 
 
 def run_compare(inputs: Sequence[str | Path], out: str | Path, pairs: Sequence[str] = (), alpha: float = 0.05,
-                by: float = 0.0) -> CompareResult:
+                by: float = 0.0, attack_pairs: Sequence[str] = ()) -> CompareResult:
     """Compare ``inputs``, write the files under ``out`` and list the last input's worse points
-    (one-sided p < ``alpha``, worse by more than ``by`` percentage points)."""
+    (one-sided p < ``alpha``; with ``by`` > 0, significantly worse by more than ``by`` percentage
+    points: see :func:`robustbench_er.report.compare.worse_points`)."""
     if len(inputs) < 2:
         raise UserInputError("compare needs at least two inputs (results folders or leaderboard JSON files).")
     if not 0 < alpha < 1:
@@ -40,7 +42,7 @@ def run_compare(inputs: Sequence[str | Path], out: str | Path, pairs: Sequence[s
     if by < 0:
         raise UserInputError(f"--by must be zero or more percentage points; got {by}.")
     runs = [read_run(p) for p in inputs]
-    comparison = compare_runs(runs, list(pairs))
+    comparison = compare_runs(runs, list(pairs), list(attack_pairs))
     check_output_folder(Path(out), "--out")
     paths = write_comparison(comparison, runs, Path(out))
     return CompareResult(comparison.table, paths, worse_points(comparison.table, runs[-1].label, alpha, by))

@@ -16,11 +16,19 @@ Statistics per matched point, ``diff`` = later minus first (fractions):
   robust at eps when it is clean-correct and has no verified break at or below eps; the exact
   McNemar test on the discordant points (``broken_b_only``: robust in the first, broken in the
   later; ``broken_a_only``: the reverse) gives ``p`` (two-sided) and ``p_worse`` (one-sided:
-  the later run is worse).
+  the later run is worse). ``ci_low``/``ci_high`` is Newcombe's square-and-add interval for a
+  difference of paired proportions (Newcombe 1998, Statistics in Medicine 17:2635, method 10:
+  the Wilson intervals of both proportions, combined with their estimated correlation).
 * ``unpaired``: otherwise. ``ci_low``/``ci_high`` is Newcombe's hybrid score interval (Wilson
   intervals of each proportion, Newcombe 1998, method 10) for the difference at 95%; ``p`` and
   ``p_worse`` come from the two-proportion z-test with the pooled proportion. A number given
   without ``n`` (a RobustBench file) is taken as exact: its side adds no variance.
+
+``worse_points`` (``--fail-if-worse``): with no margin, a point is worse when ``p_worse`` is below
+alpha; with a margin of ``by`` points it is a non-inferiority test: worse when the one-sided
+upper confidence bound (level 1 - alpha) of the difference, from the same interval as the
+``ci_*`` columns, lies below ``-by``, i.e. the later run is significantly worse *by more than*
+the margin, not merely worse with a point estimate past it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -54,7 +63,7 @@ Z95 = 1.959963984540054
 #: the columns of a run's points
 POINT_COLUMNS = ["dataset", "norm", "eps", "attack", "model", "checkpoint", "n", "clean_acc", "robust_acc", "key"]
 #: the columns of the comparison table
-COLUMNS = ["dataset", "norm", "eps", "eps_label", "attack", "model", "model_b", "run_a", "run_b", "acc_a", "acc_b",
+COLUMNS = ["dataset", "norm", "eps", "eps_label", "attack", "attack_b", "model", "model_b", "run_a", "run_b", "acc_a", "acc_b",
            "n_a", "n_b", "diff", "test", "p", "p_worse", "ci_low", "ci_high", "broken_b_only", "broken_a_only"]
 
 
@@ -105,7 +114,7 @@ def read_store_run(folder: Path, label: str) -> Run:
     if t.curves.empty:
         raise UserInputError(f"The store in {label!r} has no finished cells to compare.")
     c = t.curves
-    seeds = c.groupby(["dataset", "norm", "defense"])["seed"].transform("nunique")
+    seeds = c.groupby(["dataset", "defense"])["seed"].transform("nunique")  # one name per model in every norm
     models = [f"{d}@seed{s}" if k > 1 else str(d) for d, s, k in zip(c["defense"], c["seed"], seeds)]
     keys = list(zip(c["dataset"], c["checkpoint"], c["norm"], c["seed"], c["attack"], c["eps"].astype(float)))
     points = pd.DataFrame({"dataset": c["dataset"].astype(str), "norm": c["norm"], "eps": c["eps"].astype(float),
@@ -210,7 +219,7 @@ def _input_index(ref: str, labels: list[str]) -> int | None:
     return None
 
 
-def parse_pair(text: str, labels: list[str]) -> tuple[tuple[int, str], tuple[int, str]]:
+def parse_pair(text: str, labels: list[str], option: str = "--pair") -> tuple[tuple[int, str], tuple[int, str]]:
     """``A:name=B:name`` (A, B: 1-based input positions or paths) -> ((a, name), (b, name))."""
     for m in re.finditer("=", text):
         left, right = text[:m.start()], text[m.end():]
@@ -220,8 +229,9 @@ def parse_pair(text: str, labels: list[str]) -> tuple[tuple[int, str], tuple[int
         a, b = _input_index(ra, labels), _input_index(rb, labels)
         if a is not None and b is not None and na.strip() and nb.strip():
             return (a, na.strip()), (b, nb.strip())
-    raise UserInputError(f"--pair {text!r} must be A:name=B:name with A and B input positions (1 to"
-                         f" {len(labels)}) or paths, e.g. 1:madry=2:madry-v2.")
+    example = "1:pgd=2:pgd transferred from none" if option == "--pair-attack" else "1:madry=2:madry-v2"
+    raise UserInputError(f"{option} {text!r} must be A:name=B:name with A and B input positions (1 to"
+                         f" {len(labels)}) or paths, e.g. {example}.")
 
 
 def _match_names(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, str]]]) -> list[pd.Series]:
@@ -247,10 +257,38 @@ def _match_names(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, 
     return out
 
 
-def _keyed(run: Run, match: pd.Series) -> pd.DataFrame:
-    p = run.points.assign(match=match, ds=run.points["dataset"].str.lower(),
+def _match_attacks(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, str]]]) -> list[pd.Series]:
+    """Per run, each point's attack as the baseline calls it. Without attack pairs, its own label.
+    With them, only the paired attacks are compared: the baseline keeps the attacks it names, and
+    a later run's attack paired with a baseline attack takes that attack's label (its other
+    points are left out, NaN)."""
+    if not pairs:
+        return [run.points["attack"].astype(object) for run in runs]
+    alias: dict[int, dict[str, str]] = {}
+    for (a, na), (b, nb) in pairs:
+        if b == 0 and a != 0:
+            (a, na), (b, nb) = (b, nb), (a, na)
+        if a != 0 or b == 0:
+            raise UserInputError(f"--pair-attack {a + 1}:{na}={b + 1}:{nb} must pair an attack of the first input"
+                                 " (the baseline) with one of a later input, e.g. 1:pgd=2:transfer.")
+        alias.setdefault(0, {})[na] = na
+        alias.setdefault(b, {})[nb] = na
+    out = []
+    for i, run in enumerate(runs):
+        names = alias.get(i, {})
+        known = set(run.points["attack"])
+        missing = sorted(set(names) - known)
+        if missing:
+            raise UserInputError(f"--pair-attack names {missing[0]!r}, which {run.label!r} does not have; its attacks:"
+                                 f" {', '.join(sorted(map(str, known)))}.")
+        out.append(run.points["attack"].map(names).astype(object))
+    return out
+
+
+def _keyed(run: Run, match: pd.Series, attack: pd.Series) -> pd.DataFrame:
+    p = run.points.assign(match=match, attack_key=attack, ds=run.points["dataset"].str.lower(),
                           eps_key=run.points["eps"].astype(float).round(EPS_DECIMALS))
-    return p.drop_duplicates(["ds", "norm", "eps_key", "attack", "match"])
+    return p[p["attack_key"].notna()].drop_duplicates(["ds", "norm", "eps_key", "attack_key", "match"])
 
 
 # ---- statistics ----
@@ -263,14 +301,43 @@ def _verdicts(frame: pd.DataFrame, eps: float) -> pd.Series:
 
 
 def paired_stats(fa: pd.DataFrame, fb: pd.DataFrame, eps: float) -> dict[str, Any]:
-    """The exact McNemar test of two runs' per-sample verdicts at ``eps`` on the same sample ids."""
+    """The exact McNemar test of two runs' per-sample verdicts at ``eps`` on the same sample ids,
+    and Newcombe's paired interval of the difference (:func:`paired_interval`)."""
     va = _verdicts(fa, eps)
     vb = _verdicts(fb, eps).reindex(va.index)
     b_only, a_only = int((va & ~vb).sum()), int((~va & vb).sum())
+    both = int((va & vb).sum())
     acc_a, acc_b = float(va.mean()), float(vb.mean())
+    lo, hi = paired_interval(both, b_only, a_only, len(va) - both - b_only - a_only)
     return dict(acc_a=acc_a, acc_b=acc_b, n_a=len(va), n_b=len(vb), diff=acc_b - acc_a, test="mcnemar",
                 p=mcnemar_two_sided_p(b_only, a_only), p_worse=mcnemar_p(b_only, a_only),
-                ci_low=math.nan, ci_high=math.nan, broken_b_only=b_only, broken_a_only=a_only)
+                ci_low=lo, ci_high=hi, broken_b_only=b_only, broken_a_only=a_only)
+
+
+def paired_interval(both: int, first_only: int, later_only: int, neither: int,
+                    z: float = Z95) -> tuple[float, float]:
+    """Newcombe's square-and-add interval (Newcombe 1998, method 10) for ``p_later - p_first`` of
+    two paired proportions, from the 2 x 2 table of per-sample verdicts: robust in ``both`` runs,
+    in the ``first_only``, in the ``later_only``, in ``neither``; ``z``: the normal quantile (1.96
+    for a two-sided 95% interval, 1.645 for a one-sided 95% bound).
+
+    The Wilson interval of each proportion is widened or narrowed by the correlation of the two,
+    estimated as in the paper with its continuity adjustment (a product difference between 0 and
+    n/2 counts as no correlation). Written here: scipy and statsmodels have no paired version."""
+    n = both + first_only + later_only + neither
+    if n <= 0:
+        return math.nan, math.nan
+    pa, pb = (both + first_only) / n, (both + later_only) / n
+    la, ua = wilson(pa, n, z)
+    lb, ub = wilson(pb, n, z)
+    margins = (both + first_only) * (later_only + neither) * (both + later_only) * (first_only + neither)
+    cross = both * neither - first_only * later_only
+    adjusted = cross - n / 2 if cross > n / 2 else (cross if cross < 0 else 0.0)
+    phi = adjusted / math.sqrt(margins) if margins > 0 else 0.0
+    d = pb - pa
+    lo = d - math.sqrt(max(0.0, (pb - lb) ** 2 - 2 * phi * (pb - lb) * (ua - pa) + (ua - pa) ** 2))
+    hi = d + math.sqrt(max(0.0, (ub - pb) ** 2 - 2 * phi * (ub - pb) * (pa - la) + (pa - la) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
 
 
 def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
@@ -286,14 +353,20 @@ def _normal_cdf(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
+def unpaired_interval(pa: float, na: float, pb: float, nb: float, z: float = Z95) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (Newcombe 1998, method 10) of ``pb - pa`` for two
+    independent proportions; an unknown n (NaN) counts as exact."""
+    la, ua = wilson(pa, na, z)
+    lb, ub = wilson(pb, nb, z)
+    d = pb - pa
+    return d - math.sqrt((pb - lb) ** 2 + (ua - pa) ** 2), d + math.sqrt((ub - pb) ** 2 + (pa - la) ** 2)
+
+
 def unpaired_stats(pa: float, na: float, pb: float, nb: float) -> dict[str, Any]:
     """Newcombe's hybrid score 95% interval of ``pb - pa`` and the pooled two-proportion z-test
     (two-sided ``p``; ``p_worse``: one-sided, b below a). An unknown n (NaN) counts as exact."""
-    la, ua = wilson(pa, na)
-    lb, ub = wilson(pb, nb)
     d = pb - pa
-    lo = d - math.sqrt((pb - lb) ** 2 + (ua - pa) ** 2)
-    hi = d + math.sqrt((ub - pb) ** 2 + (pa - la) ** 2)
+    lo, hi = unpaired_interval(pa, na, pb, nb)
     known = [(p, n) for p, n in ((pa, na), (pb, nb)) if not math.isnan(n) and n > 0]
     if len(known) == 2:
         pooled = (pa * na + pb * nb) / (na + nb)
@@ -324,50 +397,87 @@ class Comparison:
 
     table: pd.DataFrame
     curves: pd.DataFrame
+    curve_title: str = "worst case over attacks"
 
 
-def compare_runs(runs: list[Run], pairs: list[str] | None = None) -> Comparison:
-    """Every later run's points matched with the first's, with the statistics of each pair."""
+def compare_runs(runs: list[Run], pairs: list[str] | None = None,
+                 attack_pairs: list[str] | None = None) -> Comparison:
+    """Every later run's points matched with the first's, with the statistics of each pair.
+    ``attack_pairs`` (``A:attack=B:attack``) compares the named attacks only, each later one with
+    the baseline's attack it is paired with (one run given twice compares two of its attacks)."""
     if len(runs) < 2:
         raise UserInputError("compare needs at least two inputs.")
     labels = [r.label for r in runs]
     matches = _match_names(runs, [parse_pair(t, labels) for t in pairs or []])
-    table = _table(runs, matches)
+    attacks = _match_attacks(runs, [parse_pair(t, labels, "--pair-attack") for t in attack_pairs or []])
+    table = _table(runs, matches, attacks)
     curves = []
-    for run, match in zip(runs, matches):
+    for run, match, attack in zip(runs, matches, attacks):
         p = run.points.assign(model=match, run=run.label)
-        p = p[(p["attack"] == WORST) & p["model"].isin(set(table["model"]))]
+        if attack_pairs:  # the paired attacks' curves, each labelled with its attack
+            p = p[attack.notna()].assign(run=[f"{run.label}: {a}" for a in p.loc[attack.notna(), "attack"]])
+        else:
+            p = p[p["attack"] == WORST]
+        p = p[p["model"].isin(set(table["model"]))]
         curves.append(p[["run", "dataset", "norm", "model", "eps", "robust_acc"]])
-    return Comparison(table, pd.concat(curves, ignore_index=True))
+    title = "the paired attacks" if attack_pairs else "worst case over attacks"
+    return Comparison(table, pd.concat(curves, ignore_index=True), title)
 
 
-def _table(runs: list[Run], matches: list[pd.Series]) -> pd.DataFrame:
+def _table(runs: list[Run], matches: list[pd.Series], attacks: list[pd.Series]) -> pd.DataFrame:
     """The matched points of every later run against the first, with their statistics."""
-    base = _keyed(runs[0], matches[0])
-    on = ["ds", "norm", "eps_key", "attack", "match"]
+    base = _keyed(runs[0], matches[0], attacks[0])
+    on = ["ds", "norm", "eps_key", "attack_key", "match"]
     rows = []
-    for run, match in zip(runs[1:], matches[1:]):
-        merged = base.merge(_keyed(run, match), on=on, suffixes=("_a", "_b"))
+    for run, match, attack in zip(runs[1:], matches[1:], attacks[1:]):
+        merged = base.merge(_keyed(run, match, attack), on=on, suffixes=("_a", "_b"))
         if merged.empty:
             raise UserInputError(f"Nothing of {run.label!r} matches {runs[0].label!r} (same dataset, norm, eps,"
-                                 " attack and model); name models with --pair A:name=B:name.")
+                                 " attack and model); name models with --pair A:name=B:name and attacks with"
+                                 " --pair-attack A:attack=B:attack.")
         for m in merged.itertuples(index=False):
             a = pd.Series({k: getattr(m, f"{k}_a") for k in ("key", "eps", "robust_acc", "n")})
             b = pd.Series({k: getattr(m, f"{k}_b") for k in ("key", "eps", "robust_acc", "n")})
             rows.append(dict(dataset=m.dataset_a, norm=m.norm, eps=float(m.eps_a), eps_label=pretty_eps(float(m.eps_a)),
-                             attack=m.attack, model=m.model_a, model_b=m.model_b, run_a=runs[0].label,
-                             run_b=run.label, **_point_stats(a, b, runs[0], run)))
+                             attack=m.attack_a, attack_b=m.attack_b, model=m.model_a, model_b=m.model_b,
+                             run_a=runs[0].label, run_b=run.label, **_point_stats(a, b, runs[0], run)))
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values(["run_b", "dataset", "norm", "model", "attack", "eps"], kind="stable").reset_index(drop=True)
 
 
+def upper_bound(row: Any, alpha: float) -> float:
+    """The one-sided upper confidence bound (level 1 - ``alpha``) of a table row's difference:
+    the paired interval for ``mcnemar`` rows, the unpaired one otherwise."""
+    z = NormalDist().inv_cdf(1 - alpha)
+    if row.test == "mcnemar":
+        n, first_only, later_only = int(row.n_a), int(row.broken_b_only), int(row.broken_a_only)
+        both = int(round(row.acc_a * n)) - first_only
+        return paired_interval(both, first_only, later_only, n - both - first_only - later_only, z)[1]
+    return unpaired_interval(float(row.acc_a), float(row.n_a), float(row.acc_b), float(row.n_b), z)[1]
+
+
 def worse_points(table: pd.DataFrame, last: str, alpha: float = 0.05, by: float = 0.0) -> list[str]:
-    """One sentence per point where the run ``last`` is significantly worse (one-sided p < ``alpha``)
-    than the first by more than ``by`` percentage points."""
-    rows = table[(table["run_b"] == last) & (table["p_worse"] < alpha) & (-table["diff"] * 100 > by)]
-    return [f"{r.model if r.model == r.model_b else f'{r.model} / {r.model_b}'} on {r.dataset} {r.norm} at eps {r.eps_label} ({r.attack}): {100 * r.acc_b:.1f}% in"
-            f" {r.run_b} against {100 * r.acc_a:.1f}% in {r.run_a}, {100 * r.diff:+.1f} points"
-            f" ({r.test}, one-sided p={r.p_worse:.2g})." for r in rows.itertuples()]
+    """One sentence per point where the run ``last`` is significantly worse than the first: with
+    ``by`` = 0, one-sided p < ``alpha``; with a margin of ``by`` percentage points, the one-sided
+    upper confidence bound (level 1 - ``alpha``) of the difference below ``-by`` (a non-inferiority
+    test: significantly worse by more than the margin)."""
+    rows = table[(table["run_b"] == last) & (table["diff"] < 0)]
+    out = []
+    for r in rows.itertuples():
+        if by > 0:
+            bound = upper_bound(r, alpha)
+            if not 100 * bound < -by:
+                continue
+            why = f"{r.test}; at {100 * (1 - alpha):g}% confidence at least {-100 * bound:.1f} points worse, more than {by:g}"
+        elif r.p_worse < alpha:
+            why = f"{r.test}, one-sided p={r.p_worse:.2g}"
+        else:
+            continue
+        model = r.model if r.model == r.model_b else f"{r.model} / {r.model_b}"
+        attack = r.attack if r.attack == r.attack_b else f"{r.attack} / {r.attack_b}"
+        out.append(f"{model} on {r.dataset} {r.norm} at eps {r.eps_label} ({attack}): {100 * r.acc_b:.1f}% in"
+                   f" {r.run_b} against {100 * r.acc_a:.1f}% in {r.run_a}, {100 * r.diff:+.1f} points ({why}).")
+    return out
 
 
 # ---- files ----
@@ -384,16 +494,17 @@ def _n(v: Any) -> str:
 
 def _cells(r: Any) -> list[str]:
     ci = "–" if math.isnan(r.ci_low) else f"[{100 * r.ci_low:+.1f}, {100 * r.ci_high:+.1f}]"
-    return [str(r.model) if r.model == r.model_b else f"{r.model} / {r.model_b}", str(r.attack), r.eps_label,
+    return [str(r.model) if r.model == r.model_b else f"{r.model} / {r.model_b}",
+            str(r.attack) if r.attack == r.attack_b else f"{r.attack} / {r.attack_b}", r.eps_label,
             f"{_pct(r.acc_a)} (n={_n(r.n_a)})", f"{_pct(r.acc_b)} (n={_n(r.n_b)})", _pct(r.diff, True), r.test,
             f"{r.p:.3g}", ci]
 
 
 HEAD = ["model", "attack", "eps", "first", "later", "diff", "test", "p", "95% CI of diff"]
 LEGEND = ("Robust accuracy in %; diff = later minus first, in points. test: mcnemar = exact McNemar test on the"
-          " per-sample verdicts (same sample ids in both runs; p two-sided); unpaired = two-proportion z-test"
-          " (pooled) with Newcombe's hybrid score interval for the difference (a number without n is taken as"
-          " exact).")
+          " per-sample verdicts (same sample ids in both runs; p two-sided) with Newcombe's interval for paired"
+          " proportions; unpaired = two-proportion z-test (pooled) with Newcombe's hybrid score interval for the"
+          " difference (a number without n is taken as exact).")
 
 
 def _sections(table: pd.DataFrame) -> list[tuple[str, list[list[str]]]]:
@@ -433,7 +544,7 @@ def compare_html(table: pd.DataFrame, runs: list[Run], plots: list[Path]) -> str
 
 
 
-def plot_comparison(curves: pd.DataFrame, out: Path) -> list[Path]:
+def plot_comparison(curves: pd.DataFrame, out: Path, title: str = "worst case over attacks") -> list[Path]:
     """``compare_<dataset>_<norm>.png``: per matched model a panel of the worst-case robust accuracy
     of every run (one colour per run; a single point, e.g. a RobustBench number, as a marker)."""
     paths = []
@@ -460,7 +571,7 @@ def plot_comparison(curves: pd.DataFrame, out: Path) -> list[Path]:
             ax.legend(fontsize=7)
         for ax in axes[len(models):]:
             ax.set_visible(False)
-        fig.suptitle(f"{dataset}, {norm}: worst case over attacks", fontsize=10)
+        fig.suptitle(f"{dataset}, {norm}: {title}", fontsize=10)
         fig.tight_layout()
         p = out / f"compare_{dataset}_{norm}.png"
         with atomic_path(p) as tmp:
@@ -472,7 +583,7 @@ def plot_comparison(curves: pd.DataFrame, out: Path) -> list[Path]:
 def write_comparison(comparison: Comparison, runs: list[Run], out: Path) -> dict[str, Path]:
     """``compare.csv``, ``compare.md``, ``compare.html`` and the plots, under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    plots = plot_comparison(comparison.curves, out)
+    plots = plot_comparison(comparison.curves, out, comparison.curve_title)
     paths = {"compare.csv": out / "compare.csv", "compare.md": out / "compare.md", "compare.html": out / "compare.html"}
     write_text_atomic(paths["compare.csv"], comparison.table.to_csv(index=False))
     write_text_atomic(paths["compare.md"], compare_markdown(comparison.table, runs, plots))

@@ -154,6 +154,10 @@ def test_transfer_against_white_box_on_the_reference():
     assert {"madry@seed0", "afd@seed0", "trades", "er-classifier"} <= set(at.index) and len(at) == 11
     assert (at["test"] == "mcnemar").all() and (at["diff"] >= 0).all()
     assert at.loc["madry@seed0", "p"] < 1e-10 and at.loc["madry@seed0", "ci_low"] > 0.1
+    # one seed's model against another's in the same folder: the pair, not the seed-0 model itself
+    t = compare_runs([ref, ref], pairs=["1:madry@seed0=2:madry@seed1"]).table
+    wc = t[(t["attack"] == "worst-case") & (t["model"] == "madry@seed0") & ((t["eps"] - 0.3).abs() < 1e-9)]
+    assert len(wc) == 1 and wc.iloc[0]["model_b"] == "madry@seed1" and wc.iloc[0]["diff"] != 0
 
 
 def test_other_sample_ids_use_the_unpaired_test(runs):

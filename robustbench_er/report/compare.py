@@ -245,14 +245,16 @@ def _match_names(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, 
     by_weights = {ck: m for ck, m in zip(base["checkpoint"], base["model"]) if ck and ck not in ("nan", "None")}
     out = []
     for i, run in enumerate(runs):
+        claimed = {target for (j, _), target in alias.items() if j == i}
         names = []
         for model, ck in zip(run.points["model"], run.points["checkpoint"]):
             if (i, model) in alias:
                 names.append(alias[(i, model)])
-            elif i > 0 and ck in by_weights:
-                names.append(by_weights[ck])
-            else:
-                names.append(model)
+                continue
+            name = by_weights[ck] if i > 0 and ck in by_weights else model
+            # a name a pair gave to another model of this input is that model's alone (the same
+            # folder given twice, one seed's model paired with another's)
+            names.append(f"\x00{model}" if name in claimed else name)
         out.append(pd.Series(names, index=run.points.index, dtype=object))
     return out
 

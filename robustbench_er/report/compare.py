@@ -235,7 +235,8 @@ def parse_pair(text: str, labels: list[str], option: str = "--pair") -> tuple[tu
 
 
 def _match_names(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, str]]]) -> list[pd.Series]:
-    """Per run, each point's model as the baseline calls it (pairs, then same weights, then name)."""
+    """Per run, each point's model as the baseline calls it (pairs, then same weights, then name;
+    None: left out)."""
     alias: dict[tuple[int, str], str] = {}
     for (a, na), (b, nb) in pairs:
         if b == 0 or (a != 0 and b < a):
@@ -246,15 +247,15 @@ def _match_names(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int, 
     out = []
     for i, run in enumerate(runs):
         claimed = {target for (j, _), target in alias.items() if j == i}
-        names = []
+        names: list[str | None] = []
         for model, ck in zip(run.points["model"], run.points["checkpoint"]):
             if (i, model) in alias:
                 names.append(alias[(i, model)])
                 continue
             name = by_weights[ck] if i > 0 and ck in by_weights else model
             # a name a pair gave to another model of this input is that model's alone (the same
-            # folder given twice, one seed's model paired with another's)
-            names.append(f"\x00{model}" if name in claimed else name)
+            # folder given twice, one seed's model paired with another's): this one is left out
+            names.append(None if name in claimed else name)
         out.append(pd.Series(names, index=run.points.index, dtype=object))
     return out
 
@@ -290,7 +291,8 @@ def _match_attacks(runs: list[Run], pairs: list[tuple[tuple[int, str], tuple[int
 def _keyed(run: Run, match: pd.Series, attack: pd.Series) -> pd.DataFrame:
     p = run.points.assign(match=match, attack_key=attack, ds=run.points["dataset"].str.lower(),
                           eps_key=run.points["eps"].astype(float).round(EPS_DECIMALS))
-    return p[p["attack_key"].notna()].drop_duplicates(["ds", "norm", "eps_key", "attack_key", "match"])
+    return p[p["attack_key"].notna() & p["match"].notna()].drop_duplicates(["ds", "norm", "eps_key", "attack_key",
+                                                                            "match"])
 
 
 # ---- statistics ----
@@ -417,7 +419,8 @@ def compare_runs(runs: list[Run], pairs: list[str] | None = None,
     for run, match, attack in zip(runs, matches, attacks):
         p = run.points.assign(model=match, run=run.label)
         if attack_pairs:  # the paired attacks' curves, each labelled with its attack
-            p = p[attack.notna()].assign(run=[f"{run.label}: {a}" for a in p.loc[attack.notna(), "attack"]])
+            p = p[attack.notna()]
+            p = p.assign(run=run.label + ": " + p["attack"].astype(str))
         else:
             p = p[p["attack"] == WORST]
         p = p[p["model"].isin(set(table["model"]))]
